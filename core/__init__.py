@@ -1,0 +1,1 @@
+"""NoteLLM-2 workbench core: models, data, training, retrieval and analysis. Never imports gradio."""
