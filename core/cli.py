@@ -10,6 +10,7 @@ from core.errors import WorkbenchError
 # Each module exposes `register(subparsers)` and sets `func(args) -> int | None` on its parsers.
 COMMAND_MODULES = [
     "core.models.commands",
+    "core.data.commands",
 ]
 
 

@@ -1,0 +1,283 @@
+"""Images of an upload: finding them in a folder or a zip safely, checking them, normalising them once.
+
+Safety first, since uploads come from anywhere:
+- a zip is never extracted to disk: members are read in memory by name, and entries that would escape
+  a target folder (`../x`, `/etc/x`, `C:x`) or that are symbolic links are reported as problems;
+- a folder is read only below its root: `..` in an image cell and symlinks that leave the folder are refused;
+- sizes are checked before decoding: the file's bytes (and a zip member's declared size), then the pixel
+  count from the image header (decompression bombs), and only then the pixels are decoded;
+- only raster formats Pillow decodes itself are opened (no EPS, which would run Ghostscript).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.data.problems import Problem, UploadError
+from core.errors import WorkbenchError
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+LOSSLESS_FORMATS = ("PNG", "GIF", "BMP")  # line art and icons stay PNG; photos become JPEG
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024  # one image file
+    max_pixels: int = 50_000_000  # width x height from the header; more is a likely decompression bomb
+    max_side: int = 512  # longest side of the normalised image
+
+
+class ImageProblem(Exception):
+    """Why one image cannot be used; becomes a row problem of the note that names it."""
+
+
+def normalise_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bytes, str]:
+    """Decode, check and normalise one image: RGB (transparency composited on white), longest side at
+    most `limits.max_side`, PNG for lossless sources and JPEG otherwise. Returns (bytes, extension)."""
+    if len(data) > limits.max_bytes:
+        raise ImageProblem(f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageProblem("not an image (unrecognised or unsupported format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageProblem("image header claims too many pixels (a decompression bomb?)") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageProblem(f"corrupt image ({error})") from None
+        width, height = image.size
+        if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+            raise ImageProblem(f"image header claims {width}x{height} pixels ({width * height / 1e6:,.0f} Mpx), over the "
+                               f"limit of {limits.max_pixels / 1e6:,.0f} Mpx (a decompression bomb?)")
+        source_format = image.format
+        try:
+            if source_format == "JPEG":
+                image.draft("RGB", (limits.max_side, limits.max_side))  # decode big JPEGs at a reduced scale
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            rgb = to_rgb(image)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageProblem("image decodes to too many pixels (a decompression bomb?)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise ImageProblem(f"truncated or corrupt image ({error})") from None
+    rgb.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if source_format in LOSSLESS_FORMATS:
+        rgb.save(out, format="PNG", optimize=True)
+        return out.getvalue(), "png"
+    rgb.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return out.getvalue(), "jpg"
+
+
+def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """RGB with any transparency composited on `background` (clip art on black looks wrong)."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    return image.convert("RGB")
+
+
+def store_image(images_dir: Path, data: bytes, extension: str) -> tuple[str, bool]:
+    """Write normalised bytes under their sha256; returns (file name, whether this call created it)."""
+    name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
+    target = images_dir / name
+    if target.exists():
+        return name, False
+    tmp = images_dir / f".{name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return name, True
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """A stored (normalised) image as a PIL RGB image."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise WorkbenchError(f"cannot read image {path}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+def _clean_ref(ref: str) -> str | None:
+    """An image cell as a relative POSIX path, or None when it tries to leave the folder."""
+    ref = ref.strip().replace("\\", "/")
+    while ref.startswith("./"):
+        ref = ref[2:]
+    path = PurePosixPath(ref)
+    if ref.startswith("/") or (len(ref) > 1 and ref[1] == ":") or ".." in path.parts:
+        return None
+    return ref
+
+
+class ImageSource:
+    """Where the upload's images are. `problems` are problems with the source itself (unsafe entries)."""
+
+    label: str = ""
+    problems: list[Problem]
+
+    def fetch(self, ref: str, limits: ImageLimits) -> bytes:
+        """The bytes of the image an image cell names; ImageProblem when it cannot be had."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FolderImages(ImageSource):
+    def __init__(self, roots: list[Path], label: str, search_by_name: bool = True):
+        self.roots = [r.resolve() for r in roots]
+        self.label = label
+        self.problems = []
+        self.search_by_name = search_by_name
+        self._index: dict[str, list[Path]] | None = None
+
+    def _by_name(self) -> dict[str, list[Path]]:
+        if self._index is None:
+            self._index = {}
+            root = self.roots[0]
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for file in sorted(files):
+                    path = Path(folder) / file
+                    for key in {file, path.stem}:
+                        self._index.setdefault(key, []).append(path)
+        return self._index
+
+    def _candidates(self, ref: str):
+        for root in self.roots:
+            exact = root / ref
+            yield root, exact
+            if not PurePosixPath(ref).suffix:
+                for ext in IMAGE_EXTENSIONS:
+                    yield root, exact.with_name(exact.name + ext)
+
+    def fetch(self, ref: str, limits: ImageLimits) -> bytes:
+        clean = _clean_ref(ref)
+        if clean is None:
+            raise ImageProblem(f"image path '{ref}' leaves the images folder")
+        found = None
+        for root, candidate in self._candidates(clean):
+            if candidate.is_file() or candidate.is_symlink():
+                found = (root, candidate)
+                break
+        if found is None and self.search_by_name:
+            name = PurePosixPath(clean).name
+            matches = self._by_name().get(name, [])
+            if len(matches) > 1:
+                shown = ", ".join(str(m.relative_to(self.roots[0])) for m in matches[:3])
+                raise ImageProblem(f"image name '{ref}' is ambiguous: it matches {len(matches)} files ({shown})")
+            if matches:
+                found = (self.roots[0], matches[0])
+        if found is None:
+            raise ImageProblem(f"image file '{ref}' not found in {self.label}")
+        root, path = found
+        real = path.resolve()
+        if root not in real.parents:
+            raise ImageProblem(f"image '{ref}' is a link that leaves {self.label}")
+        if not real.is_file():
+            raise ImageProblem(f"image '{ref}' is not a regular file")
+        size = real.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageProblem(f"image is {size:,} bytes, over the limit of {limits.max_bytes:,}")
+        try:
+            return real.read_bytes()
+        except OSError as error:
+            raise ImageProblem(f"cannot read image '{ref}' ({error.strerror or error})") from None
+
+
+class ZipImages(ImageSource):
+    def __init__(self, path: Path):
+        self.label = path.name
+        self.problems = []
+        try:
+            self.zip = zipfile.ZipFile(path)
+            infos = self.zip.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise UploadError([Problem(self.label, 0, f"not a readable zip archive ({error})")],
+                              "cannot read the images archive") from None
+        self.entries: dict[str, zipfile.ZipInfo] = {}
+        self.by_name: dict[str, list[str]] = {}
+        for info in infos:
+            name = info.filename
+            mode = info.external_attr >> 16
+            if _clean_ref(name) is None:
+                self.problems.append(Problem(self.label, 0, f"entry '{name}' would be written outside the target folder"
+                                                            " (zip-slip); refusing it"))
+                continue
+            if stat.S_ISLNK(mode):
+                self.problems.append(Problem(self.label, 0, f"entry '{name}' is a symbolic link; links are not allowed"
+                                                            " in archives"))
+                continue
+            if info.is_dir():
+                continue
+            clean = _clean_ref(name)
+            self.entries[clean] = info
+            pure = PurePosixPath(clean)
+            if pure.name.startswith(".") or "__MACOSX" in pure.parts:
+                continue
+            for key in {pure.name, pure.stem}:
+                self.by_name.setdefault(key, []).append(clean)
+
+    def fetch(self, ref: str, limits: ImageLimits) -> bytes:
+        clean = _clean_ref(ref)
+        if clean is None:
+            raise ImageProblem(f"image path '{ref}' leaves the archive")
+        name = clean if clean in self.entries else None
+        if name is None and not PurePosixPath(clean).suffix:
+            name = next((clean + ext for ext in IMAGE_EXTENSIONS if clean + ext in self.entries), None)
+        if name is None:
+            matches = self.by_name.get(PurePosixPath(clean).name, [])
+            if len(matches) > 1:
+                raise ImageProblem(f"image name '{ref}' is ambiguous: it matches {len(matches)} entries"
+                                   f" ({', '.join(matches[:3])})")
+            if not matches:
+                raise ImageProblem(f"image '{ref}' not found in {self.label}")
+            name = matches[0]
+        info = self.entries[name]
+        if info.file_size > limits.max_bytes:
+            raise ImageProblem(f"image entry '{name}' is {info.file_size:,} bytes, over the limit of {limits.max_bytes:,}")
+        try:
+            with self.zip.open(info) as member:
+                data = member.read(limits.max_bytes + 1)  # the declared size may lie
+        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as error:
+            raise ImageProblem(f"cannot read entry '{name}' ({error})") from None
+        if len(data) > limits.max_bytes:
+            raise ImageProblem(f"image entry '{name}' is over the limit of {limits.max_bytes:,} bytes")
+        return data
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+def open_images(images: str | os.PathLike | None, notes_file: Path) -> ImageSource:
+    """The image source for an upload: a folder, a .zip, or (none given) the notes file's folder and its
+    `images/` subfolder, looked up by path only."""
+    if images is None:
+        base = notes_file.resolve().parent
+        roots = [base] + ([base / "images"] if (base / "images").is_dir() else [])
+        return FolderImages(roots, label=f"the folder of {notes_file.name}", search_by_name=False)
+    path = Path(images)
+    if path.is_dir():
+        return FolderImages([path], label=path.name or str(path))
+    if path.is_file():
+        return ZipImages(path)
+    raise UploadError([Problem(path.name, 0, "no such folder or .zip file")], "cannot find the images")

@@ -1,0 +1,338 @@
+"""Read notes and pairs files (CSV or JSONL, ours or NoteLLM's layout) into checked records.
+
+Two kinds of trouble come out of here:
+- problems with a whole file (unreadable, not UTF-8, missing or unknown columns): raised at once as an
+  `UploadError`, whatever the skip policy, since no row of such a file can be trusted;
+- problems with a row (duplicate id, empty note, overlong field, ...): returned as `Problem`s so that
+  the importer can refuse the upload or, with skip-bad, skip just those rows.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.problems import Problem, UploadError
+from core.data.schema import Note
+
+NOTE_COLUMNS = ("note_id", "title", "content", "image", "topics", "category")
+REQUIRED_NOTE_COLUMNS = ("note_id", "title", "content")
+PAIR_COLUMNS = ("note_id_1", "note_id_2")
+
+# Other spellings accepted as they are: NoteLLM's own CSV layout and a few obvious ones.
+NOTE_ALIASES = {
+    "noteid": "note_id", "id": "note_id", "note": "note_id",
+    "imgid": "image", "image_id": "image", "img": "image", "image_path": "image", "image_file": "image",
+    "topic": "topics", "tags": "topics", "hashtags": "topics",
+    "body": "content", "text": "content",
+}
+PAIR_ALIASES = {
+    "noteid1": "note_id_1", "note_id1": "note_id_1", "id1": "note_id_1", "id_1": "note_id_1",
+    "noteid2": "note_id_2", "note_id2": "note_id_2", "id2": "note_id_2", "id_2": "note_id_2",
+}
+EXPECTED_NOTES = "note_id,title,content,image[,topics][,category] (or NoteLLM's noteid,title,content,imgid,category)"
+EXPECTED_PAIRS = "note_id_1,note_id_2 (or NoteLLM's noteid1,noteid2)"
+
+# Topics pulled out of `#tag#` in content, as the reference does: at most 10, each at most 16 characters.
+MAX_TOPICS = 10
+MAX_TOPIC_CHARS = 16
+HASHTAG = re.compile(r"#([^\s#](?:[^#\n]{0,%d}[^\s#])?)#" % (MAX_TOPIC_CHARS - 2))
+# Xiaohongshu writes tags as `#旅行[话题]#`; the bracket is markup, not part of the topic.
+TAG_MARKUP = re.compile(r"\[[^\]]{1,8}\]$")
+
+# Fields beyond these lengths are a broken upload (a shifted column, a whole file in one cell), not a note.
+csv.field_size_limit(64 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class FieldLimits:
+    note_id: int = 200
+    title: int = 2_000
+    content: int = 50_000
+    topics: int = 2_000
+    category: int = 500
+    image: int = 1_000
+
+
+@dataclass
+class NoteRecord:
+    """A notes-file row that passed the text checks; `image_ref` is the raw image cell ("" for none)."""
+
+    line: int
+    note: Note
+    image_ref: str = ""
+
+
+@dataclass
+class NotesRead:
+    file: str
+    read: int = 0
+    records: list[NoteRecord] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)  # every note_id seen -> its first line, good row or not
+
+
+@dataclass
+class PairsRead:
+    file: str
+    read: int = 0
+    pairs: list[tuple[int, str, str]] = field(default_factory=list)  # (line, note_id_1, note_id_2)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def extract_topics(content: str, topics: list[str] | None = None) -> tuple[str, list[str]]:
+    """Pull `#tag#` hashtags out of content into topics (after any given topics, up to MAX_TOPICS in all).
+
+    Tags that fit are removed from the text, since the prompt shows topics in their own field; tags past
+    the tenth are left in the text untouched so nothing the user wrote disappears.
+    """
+    topics = list(topics or [])
+    seen = set(topics)
+
+    def take(match: re.Match) -> str:
+        tag = TAG_MARKUP.sub("", match.group(1)).strip()
+        if not tag:
+            return match.group(0)
+        if tag in seen:
+            return " "
+        if len(topics) >= MAX_TOPICS:
+            return match.group(0)
+        topics.append(tag)
+        seen.add(tag)
+        return " "
+
+    text = HASHTAG.sub(take, content)
+    if text != content:
+        text = re.sub(r"[ \t]{2,}", " ", text).strip()
+    return text, topics
+
+
+def split_topics(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(t).strip() for t in value if str(t).strip()]
+    return [t for t in (p.strip() for p in re.split(r"[#,;]", str(value))) if t]
+
+
+def normalise_category(value: str) -> str:
+    """`L1@L2@` (the reference's form) and `L1/L2` both become `L1/L2`."""
+    parts = [p.strip() for p in re.split(r"[@/]", value or "") if p.strip()]
+    return "/".join(parts)
+
+
+def decode_text(path: Path, label: str) -> str:
+    """The file's text; a non-UTF-8 file is refused with the lines and bytes at fault."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UploadError([Problem(label, 0, f"cannot read the file ({error.strerror or error})")],
+                          "cannot read the upload") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    problems = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            byte = line[error.start]
+            problems.append(Problem(label, number, f"not UTF-8 text: byte 0x{byte:02x} at column {error.start + 1}"))
+    raise UploadError(problems, f"{label} is not UTF-8 text",
+                      "it looks like Latin-1 or Windows-1252; save it as UTF-8 and upload again")
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return True
+    if suffix in (".csv", ".tsv", ".txt"):
+        return False
+    return text.lstrip()[:1] in ("{", "[")
+
+
+def _map_columns(names, canonical, aliases, required, label, expected) -> dict[str, str]:
+    """Raw column name -> canonical name; missing, unknown and duplicate columns are file problems."""
+    mapping, problems, taken = {}, [], {}
+    for raw in names:
+        key = (raw or "").strip().lower().replace(" ", "_").replace("-", "_")
+        name = key if key in canonical else aliases.get(key)
+        if name is None:
+            guess = difflib.get_close_matches(key, list(canonical) + list(aliases), n=1, cutoff=0.6)
+            hint = f"; did you mean '{aliases.get(guess[0], guess[0])}'?" if guess else ""
+            problems.append(Problem(label, 1, f"unknown column '{raw}'{hint} (expected {expected})"))
+            continue
+        if name in taken:
+            problems.append(Problem(label, 1, f"columns '{taken[name]}' and '{raw}' both mean '{name}'"))
+            continue
+        taken[name] = raw
+        mapping[raw] = name
+    for name in required:
+        if name not in taken:
+            problems.append(Problem(label, 1, f"missing column '{name}' (expected {expected})"))
+    if problems:
+        raise UploadError(problems, f"{label} does not have the expected columns")
+    return mapping
+
+
+def _records(path: Path, label: str, canonical, aliases, required, expected):
+    """Yield (line, dict of canonical name -> value) or (line, Problem) for each record of the file."""
+    text = decode_text(path, label)
+    if not text.strip():
+        raise UploadError([Problem(label, 0, "the file is empty")], f"{label} has no rows")
+    if _is_jsonl(path, text):
+        yield from _jsonl_records(text, label, canonical, aliases, required, expected)
+    else:
+        yield from _csv_records(text, label, canonical, aliases, required, expected,
+                                delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def _csv_records(text, label, canonical, aliases, required, expected, delimiter=","):
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as error:
+        raise UploadError([Problem(label, 1, f"cannot read the CSV header ({error})")], f"{label} is not CSV") from None
+    mapping = _map_columns(header, canonical, aliases, required, label, expected)
+    names = [mapping.get(raw) for raw in header]
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise UploadError([Problem(label, start, f"cannot parse CSV ({error})")], f"{label} is not valid CSV") from None
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield start, Problem(label, start, f"has {len(row)} fields but the header has {len(header)}"
+                                               " (an unquoted comma or a missing cell?)")
+            continue
+        yield start, {name: cell for name, cell in zip(names, row) if name}
+
+
+def _jsonl_records(text, label, canonical, aliases, required, expected):
+    unknown: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield number, Problem(label, number, f"not valid JSON ({error.msg} at column {error.colno})")
+            continue
+        if isinstance(obj, list) and len(canonical) == 2 and len(obj) == 2:
+            obj = dict(zip(canonical, obj))
+        if not isinstance(obj, dict):
+            yield number, Problem(label, number, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        record = {}
+        for raw, value in obj.items():
+            key = str(raw).strip().lower()
+            name = key if key in canonical else aliases.get(key)
+            if name is None:
+                unknown.setdefault(str(raw), number)
+                continue
+            record[name] = value
+        yield number, record
+    if unknown:
+        problems = []
+        for raw, number in unknown.items():
+            guess = difflib.get_close_matches(raw.lower(), list(canonical) + list(aliases), n=1, cutoff=0.6)
+            hint = f"; did you mean '{aliases.get(guess[0], guess[0])}'?" if guess else ""
+            problems.append(Problem(label, number, f"unknown field '{raw}'{hint} (expected {expected})"))
+        raise UploadError(problems, f"{label} has fields the workbench does not know")
+
+
+def _text(record: dict, name: str, line: int, label: str, problems: list[Problem]) -> str:
+    value = record.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        problems.append(Problem(label, line, f"field '{name}' should be text, not {type(value).__name__}"))
+        return ""
+    return str(value)
+
+
+def read_notes(path: str | Path, limits: FieldLimits = FieldLimits()) -> NotesRead:
+    path = Path(path)
+    result = NotesRead(file=path.name)
+    label = path.name
+    first_line = result.ids
+    for line, record in _records(path, label, NOTE_COLUMNS, NOTE_ALIASES, REQUIRED_NOTE_COLUMNS, EXPECTED_NOTES):
+        result.read += 1
+        if isinstance(record, Problem):
+            result.problems.append(record)
+            continue
+        problems: list[Problem] = []
+        note_id = _text(record, "note_id", line, label, problems).strip()
+        title = _text(record, "title", line, label, problems).strip()
+        content = _text(record, "content", line, label, problems).strip()
+        image = _text(record, "image", line, label, problems).strip()
+        category = normalise_category(_text(record, "category", line, label, problems))
+        raw_topics = record.get("topics")
+        if raw_topics is not None and not isinstance(raw_topics, (str, list, tuple)):
+            problems.append(Problem(label, line, f"field 'topics' should be text or a list, not {type(raw_topics).__name__}"))
+            raw_topics = None
+        topics = split_topics(raw_topics)
+        for name, value in (("note_id", note_id), ("title", title), ("content", content),
+                            ("category", category), ("image", image), ("topics", ",".join(topics))):
+            limit = getattr(limits, name)
+            if len(value) > limit:
+                problems.append(Problem(label, line, f"{name} is {len(value):,} characters long, over the limit of {limit:,}"))
+        if not note_id:
+            problems.append(Problem(label, line, "empty note_id"))
+        elif note_id in first_line:
+            problems.append(Problem(label, line, f"duplicate note_id '{note_id}' (first on line {first_line[note_id]})"))
+        else:
+            first_line[note_id] = line
+        if not title and not content:
+            problems.append(Problem(label, line, "note has neither title nor content"))
+        if problems:
+            result.problems.extend(problems)
+            continue
+        content, topics = extract_topics(content, topics)
+        note = Note(note_id=note_id, title=title, content=content, topics=topics, image=None, category=category)
+        result.records.append(NoteRecord(line=line, note=note, image_ref=image))
+    return result
+
+
+def read_pairs(path: str | Path, max_id_chars: int = FieldLimits.note_id) -> PairsRead:
+    """Pairs with their line numbers; only checks each row on its own (ids against notes come later)."""
+    path = Path(path)
+    label = path.name
+    result = PairsRead(file=label)
+    first_line: dict[frozenset, int] = {}
+    for line, record in _records(path, label, PAIR_COLUMNS, PAIR_ALIASES, PAIR_COLUMNS, EXPECTED_PAIRS):
+        result.read += 1
+        if isinstance(record, Problem):
+            result.problems.append(record)
+            continue
+        problems: list[Problem] = []
+        a = _text(record, "note_id_1", line, label, problems).strip()
+        b = _text(record, "note_id_2", line, label, problems).strip()
+        if not problems:
+            if not a or not b:
+                problems.append(Problem(label, line, "empty note id in the pair"))
+            elif max(len(a), len(b)) > max_id_chars:
+                problems.append(Problem(label, line, f"note id over {max_id_chars} characters"))
+            elif a == b:
+                problems.append(Problem(label, line, f"self-pair: '{a}' paired with itself"))
+            else:
+                key = frozenset((a, b))
+                if key in first_line:
+                    problems.append(Problem(label, line, f"duplicate pair ('{a}', '{b}') (first on line {first_line[key]},"
+                                                         " in either order)"))
+                else:
+                    first_line[key] = line
+        if problems:
+            result.problems.extend(problems)
+            continue
+        result.pairs.append((line, a, b))
+    return result

@@ -1,0 +1,370 @@
+"""The workspace's datasets: notes, pairs and images in sqlite (through sqlite-utils) plus content-addressed files.
+
+An import is one sqlite transaction: readers (WAL mode, so they never block on the writer) see either none
+of a dataset or all of it. Images are checked and normalised before the transaction and written under the
+sha256 of their normalised bytes, so two datasets sharing an image share one file; the files a failed import
+created are removed again. Replacing a dataset is explicit: delete it, then import.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import sqlite_utils
+
+from core.data.images import ImageLimits, ImageProblem, normalise_image, open_images, store_image
+from core.data.problems import Problem, UploadError
+from core.data.readers import FieldLimits, read_notes, read_pairs
+from core.data.schema import Note
+from core.errors import WorkbenchError
+from core.workspace import Workspace
+
+Progress = Callable[[int, int, str], None]
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    notes: int
+    pairs: int
+    images: int
+    created_at: str
+    source: str
+    categories: int = 0
+    skipped: int = 0  # rows left out by --skip-bad (notes and pairs together)
+
+    def line(self) -> str:
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
+        return (f"{self.name}: {self.notes} notes, {self.pairs} pairs, {self.images} images, "
+                f"{self.categories} categories{skipped} (from {self.source}, {self.created_at})")
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    read: int = 0
+    imported: int = 0
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    pairs_read: int = 0
+    pairs_imported: int = 0
+    pairs_skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    ignored: list[tuple[str, int, str]] = field(default_factory=list)  # unsafe archive entries left out
+    images: int = 0  # notes with an image
+    images_new: int = 0  # image files this import added to the workspace
+
+    def summary(self) -> str:
+        text = (f"imported '{self.dataset}': {self.imported} of {self.read} notes ({self.images} with images), "
+                f"{self.pairs_imported} of {self.pairs_read} pairs")
+        if self.skipped or self.pairs_skipped:
+            text += f"; skipped {len(self.skipped)} notes and {len(self.pairs_skipped)} pairs"
+        if self.ignored:
+            text += f"; ignored {len(self.ignored)} unsafe archive entries"
+        return text
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Everything left out, one row each: kind (note, pair, archive), file, row, reason."""
+        with open(path, "w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["kind", "file", "row", "reason"])
+            for kind, problems in (("note", self.skipped), ("pair", self.pairs_skipped), ("archive", self.ignored)):
+                for file, row, reason in problems:
+                    writer.writerow([kind, file, row, reason])
+
+
+class Store:
+    def __init__(self, workspace: Workspace | str | os.PathLike | None = None,
+                 image_limits: ImageLimits = ImageLimits(), field_limits: FieldLimits = FieldLimits()):
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+        self.image_limits = image_limits
+        self.field_limits = field_limits
+        with self._db() as db:
+            self._create_tables(db)
+
+    # ------------------------------------------------------------------------------------ connection
+    @contextmanager
+    def _db(self):
+        """A fresh connection per operation: safe across threads (Gradio) and processes (jobs)."""
+        conn = sqlite3.connect(self.workspace.db_path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield sqlite_utils.Database(conn)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _create_tables(db: sqlite_utils.Database) -> None:
+        db["datasets"].create({"name": str, "source": str, "created_at": str, "notes": int, "pairs": int,
+                               "images": int, "categories": int, "skipped": int, "meta": str},
+                              pk="name", if_not_exists=True)
+        db["notes"].create({"dataset": str, "note_id": str, "position": int, "title": str, "content": str,
+                            "topics": str, "image": str, "category": str},
+                           pk=("dataset", "note_id"), if_not_exists=True)
+        db["pairs"].create({"dataset": str, "position": int, "note_id_1": str, "note_id_2": str},
+                           pk=("dataset", "position"), if_not_exists=True)
+        db["notes"].create_index(["dataset", "position"], if_not_exists=True)
+        db["notes"].create_index(["image"], if_not_exists=True)
+
+    # ---------------------------------------------------------------------------------------- reading
+    def list_datasets(self) -> list[DatasetInfo]:
+        with self._db() as db:
+            rows = list(db.query("select * from datasets order by created_at, name"))
+        return [self._info(row) for row in rows]
+
+    @staticmethod
+    def _info(row: dict) -> DatasetInfo:
+        return DatasetInfo(name=row["name"], notes=row["notes"], pairs=row["pairs"], images=row["images"],
+                           created_at=row["created_at"], source=row["source"], categories=row["categories"] or 0,
+                           skipped=row["skipped"] or 0)
+
+    def dataset(self, name: str) -> DatasetInfo:
+        with self._db() as db:
+            rows = list(db.query("select * from datasets where name = ?", [name]))
+        if not rows:
+            raise self._unknown(name)
+        return self._info(rows[0])
+
+    def has_dataset(self, name: str) -> bool:
+        with self._db() as db:
+            return bool(list(db.query("select 1 from datasets where name = ?", [name])))
+
+    def _unknown(self, name: str) -> WorkbenchError:
+        known = ", ".join(d.name for d in self.list_datasets()) or "none yet"
+        return WorkbenchError(f"unknown dataset '{name}' (datasets: {known})")
+
+    def _require(self, db, name: str) -> None:
+        if not list(db.query("select 1 from datasets where name = ?", [name])):
+            raise self._unknown(name)
+
+    def _note(self, row: dict) -> Note:
+        return Note(note_id=row["note_id"], title=row["title"] or "", content=row["content"] or "",
+                    topics=json.loads(row["topics"] or "[]"),
+                    image=str(self.workspace.images_dir / row["image"]) if row["image"] else None,
+                    category=row["category"] or "")
+
+    def notes(self, name: str, note_ids: Iterable[str] | None = None) -> list[Note]:
+        """Notes in store (upload) order; `image` is the absolute path of the normalised image or None."""
+        with self._db() as db:
+            self._require(db, name)
+            rows = list(db.query("select * from notes where dataset = ? order by position", [name]))
+        notes = [self._note(row) for row in rows]
+        if note_ids is None:
+            return notes
+        wanted = set(note_ids)
+        missing = wanted - {n.note_id for n in notes}
+        if missing:
+            shown = ", ".join(sorted(missing)[:5])
+            raise WorkbenchError(f"dataset '{name}' has no note {shown}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        return [n for n in notes if n.note_id in wanted]
+
+    def note(self, name: str, note_id: str) -> Note:
+        with self._db() as db:
+            self._require(db, name)
+            rows = list(db.query("select * from notes where dataset = ? and note_id = ?", [name, str(note_id)]))
+        if not rows:
+            raise WorkbenchError(f"dataset '{name}' has no note '{note_id}'")
+        return self._note(rows[0])
+
+    def pairs(self, name: str) -> list[tuple[str, str]]:
+        with self._db() as db:
+            self._require(db, name)
+            return [(r["note_id_1"], r["note_id_2"]) for r in
+                    db.query("select note_id_1, note_id_2 from pairs where dataset = ? order by position", [name])]
+
+    def categories(self, name: str) -> dict[str, int]:
+        """Category -> number of notes, largest first (notes without a category count under "")."""
+        with self._db() as db:
+            self._require(db, name)
+            rows = db.query("select category, count(*) as n from notes where dataset = ? group by category"
+                            " order by n desc, category", [name])
+            return {r["category"] or "": r["n"] for r in rows}
+
+    # ------------------------------------------------------------------------------------ deleting
+    def delete_dataset(self, name: str) -> None:
+        """Remove a dataset and the image files no other dataset uses."""
+        with self._db() as db:
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not conn.execute("select 1 from datasets where name = ?", [name]).fetchone():
+                    raise self._unknown(name)
+                images = {r[0] for r in conn.execute("select distinct image from notes where dataset = ? and image is not null", [name])}
+                conn.execute("delete from pairs where dataset = ?", [name])
+                conn.execute("delete from notes where dataset = ?", [name])
+                conn.execute("delete from datasets where name = ?", [name])
+                # Unlink while holding the write lock: an import re-checks its files inside its own transaction.
+                for image in images:
+                    if not conn.execute("select 1 from notes where image = ? limit 1", [image]).fetchone():
+                        (self.workspace.images_dir / image).unlink(missing_ok=True)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------------------------ importing
+    def import_dataset(self, name: str, notes_file, pairs_file=None, images=None, skip_bad: bool = False,
+                       progress: Progress | None = None, source: str | None = None) -> ImportReport:
+        """Check everything, then import in one transaction. Without `skip_bad` any problem refuses the
+        whole upload (UploadError listing them, store unchanged); with it the bad rows are left out and
+        listed in the report. Problems with a whole file always refuse the upload."""
+        if not DATASET_NAME.match(name or ""):
+            raise WorkbenchError(f"bad dataset name '{name}': use letters, digits, '.', '_' or '-' (at most 100)")
+        if self.has_dataset(name):
+            raise WorkbenchError(f"dataset '{name}' already exists; delete it first (python -m core delete-dataset {name})")
+        notes_path = Path(notes_file)
+        if not notes_path.is_file():
+            raise WorkbenchError(f"notes file not found: {notes_path}")
+        if pairs_file is not None and not Path(pairs_file).is_file():
+            raise WorkbenchError(f"pairs file not found: {pairs_file}")
+        progress = progress or (lambda done, total, message: None)
+
+        progress(0, 1, "reading notes")
+        notes_read = read_notes(notes_path, self.field_limits)
+        pairs_read = read_pairs(pairs_file, self.field_limits.note_id) if pairs_file is not None else None
+        report = ImportReport(dataset=name, read=notes_read.read,
+                              pairs_read=pairs_read.read if pairs_read else 0)
+        image_source = open_images(images, notes_path)
+        created: list[str] = []
+        try:
+            note_problems = list(notes_read.problems)
+            image_files: dict[str, str] = {}
+            with_images = [r for r in notes_read.records if r.image_ref]
+            for done, record in enumerate(with_images):
+                progress(done, len(with_images), "checking images")
+                try:
+                    data = image_source.fetch(record.image_ref, self.image_limits)
+                    normalised, extension = normalise_image(data, self.image_limits)
+                except ImageProblem as problem:
+                    note_problems.append(Problem(notes_read.file, record.line, f"image '{record.image_ref}': {problem}"))
+                    continue
+                file, new = store_image(self.workspace.images_dir, normalised, extension)
+                if new:
+                    created.append(file)
+                image_files[record.note.note_id] = file
+            progress(len(with_images), max(len(with_images), 1), "checking images")
+            bad_lines = {p.row for p in note_problems}
+            kept = [r for r in notes_read.records if r.line not in bad_lines]
+            kept_ids = {r.note.note_id for r in kept}
+            problem_line = {r.note.note_id: r.line for r in notes_read.records if r.line in bad_lines}
+            problem_line.update({i: l for i, l in notes_read.ids.items() if i not in kept_ids and i not in problem_line})
+
+            pair_problems, pairs = [], []
+            if pairs_read is not None:
+                pair_problems = list(pairs_read.problems)
+                for line, a, b in pairs_read.pairs:
+                    reasons = []
+                    for note_id in (a, b):
+                        if note_id in kept_ids:
+                            continue
+                        if note_id in problem_line:
+                            reasons.append(f"note '{note_id}' is not imported (problem on {notes_read.file} line "
+                                           f"{problem_line[note_id]})")
+                        else:
+                            reasons.append(f"unknown note_id '{note_id}' (not in {notes_read.file})")
+                    if reasons:
+                        pair_problems.append(Problem(pairs_read.file, line, "; ".join(reasons)))
+                    else:
+                        pairs.append((a, b))
+
+            note_problems.sort(key=lambda p: p.row)
+            pair_problems.sort(key=lambda p: p.row)
+            problems = image_source.problems + note_problems + pair_problems
+            if problems and not skip_bad:
+                raise UploadError(problems, f"nothing imported into '{name}'",
+                                  "fix the files, or import with --skip-bad to leave these rows out")
+            if not kept:
+                raise UploadError(problems or [Problem(notes_read.file, 0, "no notes")],
+                                  f"nothing to import into '{name}': no usable notes")
+            report.skipped = [tuple(p) for p in sorted(note_problems, key=lambda p: p.row)]
+            report.pairs_skipped = [tuple(p) for p in sorted(pair_problems, key=lambda p: p.row)]
+            report.ignored = [tuple(p) for p in image_source.problems]
+            report.imported, report.pairs_imported = len(kept), len(pairs)
+            report.images = sum(1 for r in kept if r.note.note_id in image_files)
+            # Counts add up by construction; say so loudly if a change ever breaks that.
+            skipped_rows = {p.row for p in note_problems}
+            assert report.read == report.imported + len(skipped_rows), "notes read != imported + skipped"
+            assert report.pairs_read == report.pairs_imported + len({p.row for p in pair_problems})
+            report.skipped = _one_per_row(report.skipped)
+            report.pairs_skipped = _one_per_row(report.pairs_skipped)
+
+            progress(0, 1, "writing")
+            self._write(name, source or _describe_source(notes_path, pairs_file, images), kept, image_files, pairs,
+                        len(report.skipped) + len(report.pairs_skipped),
+                        {"read": report.read, "pairs_read": report.pairs_read})
+            report.images_new = len(created)
+            progress(1, 1, "done")
+            return report
+        except BaseException:
+            self._remove_unreferenced(created)
+            raise
+        finally:
+            image_source.close()
+
+    def _write(self, name, source, kept, image_files, pairs, skipped, meta) -> None:
+        categories = len({r.note.category for r in kept if r.note.category})
+        with self._db() as db:
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                missing = [f for f in set(image_files.values()) if not (self.workspace.images_dir / f).exists()]
+                if missing:
+                    raise WorkbenchError("image files vanished during the import (a dataset was deleted meanwhile);"
+                                         " run the import again")
+                try:
+                    conn.execute("insert into datasets (name, source, created_at, notes, pairs, images, categories,"
+                                 " skipped, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [name, source, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), len(kept),
+                                  len(pairs), len(set(image_files[r.note.note_id] for r in kept if r.note.note_id in image_files)),
+                                  categories, skipped, json.dumps(meta)])
+                except sqlite3.IntegrityError:
+                    raise WorkbenchError(f"dataset '{name}' already exists (imported meanwhile)") from None
+                conn.executemany(
+                    "insert into notes (dataset, note_id, position, title, content, topics, image, category)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    ((name, r.note.note_id, i, r.note.title, r.note.content, json.dumps(r.note.topics, ensure_ascii=False),
+                      image_files.get(r.note.note_id), r.note.category) for i, r in enumerate(kept)))
+                conn.executemany("insert into pairs (dataset, position, note_id_1, note_id_2) values (?, ?, ?, ?)",
+                                 ((name, i, a, b) for i, (a, b) in enumerate(pairs)))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _remove_unreferenced(self, files: list[str]) -> None:
+        if not files:
+            return
+        with self._db() as db:
+            for file in files:
+                if not db.conn.execute("select 1 from notes where image = ? limit 1", [file]).fetchone():
+                    (self.workspace.images_dir / file).unlink(missing_ok=True)
+
+
+def _one_per_row(problems: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """One entry per skipped row (reasons joined), so that read = imported + len(skipped)."""
+    merged: dict[tuple[str, int], list[str]] = {}
+    archive = []
+    for file, row, reason in problems:
+        if not row:
+            archive.append((file, row, reason))
+            continue
+        merged.setdefault((file, row), []).append(reason)
+    return [(file, row, "; ".join(reasons)) for (file, row), reasons in merged.items()] + archive
+
+
+def _describe_source(notes_path: Path, pairs_file, images) -> str:
+    parts = [notes_path.name]
+    if pairs_file is not None:
+        parts.append(Path(pairs_file).name)
+    if images is not None:
+        parts.append(Path(images).name)
+    return " + ".join(parts)

@@ -1,0 +1,191 @@
+"""Frozen vision towers behind one interface: images in, a pooled vector plus a grid of patch tokens out.
+
+Implementations:
+- `offline:efficientnet-lite0`: ImageNet EfficientNet-Lite0 shipped on PyPI; its 7x7x1280 final feature map
+  gives 49 patch tokens, global average pooling gives the pooled vector.
+- transformers CLIP / SigLIP / ViT / DINOv2 (any hub name or local folder): the last hidden layer, before any
+  projection, as the reference takes it; pooled = CLS token (SigLIP has none: its attention-pool output).
+- `tiny:clip`: a randomly initialised two-layer CLIP vision model, built in code, for fast tests.
+
+A note without an image, or with one that cannot be read, is encoded from an all-zero pixel tensor, as the
+reference does; callers get `has_image=False` for it so the stand-in is never mistaken for a real picture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from core.errors import WorkbenchError
+from core.models import provision
+
+SUPPORTED_HF_VISION = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "siglip2", "vit", "dinov2", "dinov3_vit")
+
+
+@dataclass
+class VisionFeatures:
+    pooled: torch.Tensor  # (N, width)
+    patches: torch.Tensor  # (N, rows*cols, width), row-major over the grid
+    grid: tuple[int, int]
+
+    def index_select(self, index: torch.Tensor) -> "VisionFeatures":
+        return VisionFeatures(self.pooled[index], self.patches[index], self.grid)
+
+    def to(self, device=None, dtype=None) -> "VisionFeatures":
+        return VisionFeatures(self.pooled.to(device=device, dtype=dtype), self.patches.to(device=device, dtype=dtype), self.grid)
+
+    @staticmethod
+    def cat(parts: list["VisionFeatures"]) -> "VisionFeatures":
+        return VisionFeatures(torch.cat([p.pooled for p in parts]), torch.cat([p.patches for p in parts]), parts[0].grid)
+
+
+def open_image(image) -> Image.Image | None:
+    """A PIL RGB image from a PIL image or a path; None when absent or unreadable (the caller flags it)."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        return None
+    if isinstance(image, Image.Image):
+        picture = image
+    else:
+        try:
+            picture = Image.open(Path(image))
+            picture.load()
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError):
+            return None
+    if picture.mode in ("RGBA", "LA", "P"):
+        picture = picture.convert("RGBA")
+        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(background, picture)
+    return picture.convert("RGB")
+
+
+class VisionTower(nn.Module):
+    """Base class. Subclasses set `name`, `width`, `grid`, and implement `pixels` and `features`."""
+
+    name: str
+    width: int
+    grid: tuple[int, int]
+
+    def pixels(self, images: list[Image.Image | None]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, pixels: torch.Tensor) -> VisionFeatures:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(self, images: list) -> tuple[VisionFeatures, torch.Tensor]:
+        """Features for images (PIL, paths or None) and a bool mask of which ones were real pictures."""
+        opened = [open_image(image) for image in images]
+        has_image = torch.tensor([picture is not None for picture in opened])
+        device = next(self.parameters()).device
+        pixels = self.pixels(opened).to(device=device, dtype=next(self.parameters()).dtype)
+        return self.features(pixels), has_image
+
+
+class EfficientNetLite0Tower(VisionTower):
+    name = provision.OFFLINE_VISION
+    width = 1280
+    grid = (7, 7)
+    image_size = 224
+
+    def __init__(self):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+        from safetensors.torch import load_file
+
+        self.network = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        self.network.load_state_dict(load_file(provision.efficientnet_lite0_weights()))
+        self.network.eval().requires_grad_(False)
+
+    def pixels(self, images):
+        size = self.image_size
+        batch = torch.zeros(len(images), 3, size, size)
+        for row, picture in enumerate(images):
+            if picture is None:
+                continue  # zero image, as the reference feeds for a missing picture
+            resized = picture.resize((size, size), Image.BICUBIC)
+            array = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(size, size, 3)
+            # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
+            batch[row] = (array.permute(2, 0, 1).float() - 127.0) / 128.0
+        return batch
+
+    def features(self, pixels):
+        feature_map = self.network.extract_features(pixels)  # (N, 1280, 7, 7)
+        patches = feature_map.flatten(2).transpose(1, 2)
+        return VisionFeatures(pooled=patches.mean(dim=1), patches=patches, grid=tuple(feature_map.shape[-2:]))
+
+
+class HFVisionTower(VisionTower):
+    """Any transformers CLIP / SigLIP / ViT / DINOv2 vision model; frozen."""
+
+    def __init__(self, model: nn.Module, processor, name: str, config=None):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.name = name
+        config = config or model.config
+        self.config = config
+        self.width = config.hidden_size
+        self.has_cls = config.model_type not in ("siglip", "siglip_vision_model", "siglip2")
+        image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        side = image_size // patch
+        self.grid = (side, side)
+        self.image_size = image_size
+
+    def pixels(self, images):
+        blank = Image.new("RGB", (self.image_size, self.image_size))
+        real = [picture if picture is not None else blank for picture in images]
+        values = self.processor(images=real, return_tensors="pt")["pixel_values"]
+        for row, picture in enumerate(images):
+            if picture is None:
+                values[row].zero_()
+        return values
+
+    def features(self, pixels):
+        output = self.model(pixel_values=pixels)
+        hidden = output.last_hidden_state
+        register_tokens = getattr(self.config, "num_register_tokens", 0) or 0
+        if self.has_cls:
+            pooled, patches = hidden[:, 0], hidden[:, 1 + register_tokens:]
+        else:
+            pooled, patches = output.pooler_output, hidden
+        rows, cols = self.grid
+        patches = patches[:, : rows * cols]
+        return VisionFeatures(pooled=pooled, patches=patches, grid=self.grid)
+
+
+def tiny_clip_tower(seed: int = 0) -> HFVisionTower:
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return HFVisionTower(CLIPVisionModel(config), processor, "tiny:clip")
+
+
+def load_vision_tower(name: str) -> VisionTower:
+    """A frozen vision tower by offline name, `tiny:clip`, hub name or local folder."""
+    if name == provision.OFFLINE_VISION:
+        return EfficientNetLite0Tower()
+    if name == "tiny:clip":
+        return tiny_clip_tower()
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise WorkbenchError(f"cannot load vision tower {name!r}: not a local model folder, and the hub is "
+                             f"unreachable or has no such model ({type(error).__name__})") from None
+    if config.model_type not in SUPPORTED_HF_VISION:
+        raise WorkbenchError(f"unsupported vision architecture {config.model_type!r} for {name!r}; "
+                             f"supported: {', '.join(SUPPORTED_HF_VISION)} or {provision.OFFLINE_VISION}")
+    model = AutoModel.from_pretrained(name)
+    vision_config = getattr(config, "vision_config", None) or config
+    if hasattr(model, "vision_model"):
+        model = model.vision_model  # a full CLIP/SigLIP model: keep the vision half, drop the text tower
+    processor = AutoImageProcessor.from_pretrained(name)
+    return HFVisionTower(model, processor, name, vision_config)

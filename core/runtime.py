@@ -1,0 +1,42 @@
+"""Device and precision, chosen in one place so every code path runs the same on CPU and CUDA."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from core.errors import WorkbenchError
+
+
+def configure_threads() -> None:
+    """Use every core for intra-op work; torch's default can be lower inside containers."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """`auto`/None picks CUDA when present. Asking for CUDA without a GPU is a user error, not a crash."""
+    name = (requested or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise WorkbenchError(f"device {requested!r} was requested but no CUDA GPU is available; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise WorkbenchError(f"unknown device {requested!r}; use auto, cpu or cuda")
+
+
+def frozen_weight_dtype(device: torch.device) -> torch.dtype:
+    """Frozen backbone weights live in bf16: on this CPU's AMX units and on GPUs bf16 matmuls are ~8x fp32."""
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast for the backbone; trainable heads cast back to fp32 explicitly where it matters."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
