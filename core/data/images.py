@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import warnings
 import zipfile
@@ -52,8 +53,11 @@ def normalise_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[b
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except UnidentifiedImageError:
             raise ImageProblem("not an image (unrecognised or unsupported format)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageProblem("image header claims too many pixels (a decompression bomb?)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            claimed = re.search(r"\((\d+) pixels\)", str(error))
+            size = f"{int(claimed.group(1)) / 1e6:,.0f} Mpx" if claimed else "too many pixels"
+            raise ImageProblem(f"image header claims {size}, over the limit of {limits.max_pixels / 1e6:,.0f} Mpx"
+                               " (a decompression bomb?)") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageProblem(f"corrupt image ({error})") from None
         width, height = image.size
