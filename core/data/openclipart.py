@@ -47,6 +47,7 @@ DROPPED_FOLDERS = ("unsorted",)
 NOISE_KEYWORDS = {"unsorted", "clip art", "clipart", "image", "media", "public domain", "svg", "png", "hash"}
 # Some descriptions are a Perl reference printed by the packaging scripts, not text.
 NOISE_DESCRIPTION = re.compile(r"^(HASH|ARRAY)\(0x[0-9a-f]+\)$")
+NOISE_KEYWORD = re.compile(r"^(0x[0-9a-f]+|(hash|array)\(0x[0-9a-f]+\))$")
 
 _DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*(\[.*?\])?\s*>", re.DOTALL | re.IGNORECASE)
 _ENTITY = re.compile(rb"&([A-Za-z_][\w.-]*);")
@@ -93,7 +94,7 @@ def read_svg_metadata(path: Path, max_bytes: int = MAX_SVG_BYTES) -> tuple[str, 
         else:
             parser.close()
     except ET.ParseError as error:
-        if metadata is None:
+        if metadata is None and not svg_title:  # broken after the parts we read: keep what was read
             raise SvgProblem(f"not readable XML ({error})") from None
     title, description, keywords = "", "", []
     if metadata is not None:
@@ -144,10 +145,12 @@ def keep_topics(keywords: list[str], category: str) -> tuple[list[str], int]:
     topics, seen, leaked = [], set(), 0
     for keyword in keywords:
         key = re.sub(r"\s+", " ", keyword.lower().replace("_", " ")).strip()
-        if key in leaks or key.replace(" ", "") in leaks:
-            leaked += 1
+        words = re.split(r"[\s\-]+", key)
+        if key in leaks or key.replace(" ", "") in leaks or (words and all(w in leaks for w in words if w)):
+            leaked += 1  # made only of the note's folder names: it would give the label away
             continue
-        if not key or key in NOISE_KEYWORDS or key in seen or len(keyword) > MAX_TOPIC_CHARS or "#" in keyword:
+        if (not key or key in NOISE_KEYWORDS or NOISE_KEYWORD.match(key) or key in seen
+                or len(keyword) > MAX_TOPIC_CHARS or "#" in keyword):
             continue
         seen.add(key)
         topics.append(re.sub(r"[_\s]+", " ", keyword).strip())
