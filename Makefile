@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (set up, then serve the app on the embedded default) and
+# `make test` (set up, then run the whole suite). Both are safe to re-run.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup setup-test demo test test-fast bench reproduce clean-workspace
+
+setup:
+	@bash scripts/setup.sh
+
+setup-test:
+	@bash scripts/setup.sh --browser
+
+demo: setup
+	$(PY) launch.py
+
+test: setup-test
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not integration and not distributed"
+
+bench: setup
+	$(PY) -m bench
+
+reproduce: setup
+	$(PY) -m core reproduce
+
+clean-workspace:
+	rm -rf data/workspace
