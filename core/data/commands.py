@@ -49,6 +49,8 @@ def _tqdm_progress():
     bars = {}
 
     def progress(done: int, total: int, message: str) -> None:
+        if message != "checking images" or total < 2:  # the other steps are quick
+            return
         bar = bars.get(message)
         if bar is None:
             for other in bars.values():
