@@ -1,0 +1,1 @@
+"""The Gradio workbench: UI only; every computation is a call into core."""

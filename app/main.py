@@ -1,0 +1,122 @@
+"""The workbench page: a header (dataset, what is available) and one tab per job a researcher does."""
+from __future__ import annotations
+
+import gradio as gr
+
+from app.backend import Backend, CHECKPOINTS_DIR
+from app.tabs import attention, compare, data, explore, finetune, search
+from core.workspace import REPO_ROOT
+
+CSS_PATH = REPO_ROOT / "assets" / "workbench.css"
+TITLE = "NoteLLM-2 workbench"
+# Click a point of the Explore map -> put its note id into a hidden textbox -> the server selects it.
+JS = """
+() => {
+  const hook = () => {
+    document.querySelectorAll('#explore-map .js-plotly-plot').forEach((plot) => {
+      if (plot.__wbHooked || !plot.on) return;
+      plot.__wbHooked = true;
+      plot.on('plotly_click', (event) => {
+        const id = event && event.points && event.points[0] && event.points[0].customdata;
+        const box = document.querySelector('#explore-click textarea, #explore-click input');
+        if (!id || !box) return;
+        box.value = id;
+        box.dispatchEvent(new Event('input', { bubbles: true }));
+      });
+    });
+  };
+  new MutationObserver(hook).observe(document.body, { childList: true, subtree: true });
+}
+"""
+
+
+def banner(backend: Backend, dataset) -> str:
+    s = backend.startup
+    parts = []
+    if s.state in ("pending", "running"):
+        parts.append(f"⏳ Starting up: {s.message}")
+    elif s.state == "failed":
+        parts.append(f"⚠️ Start-up problem: {s.message}")
+    variants = backend.variants(dataset) if dataset else []
+    runs = [v for v in variants if v.get("kind") == "run"]
+    zero = [v for v in variants if v.get("kind") == "zero-shot"]
+    if not backend.has("core.service", "list_variants"):
+        parts.append("⚠️ The engine (core.service) is not in this checkout yet: Data works, the model tabs say what "
+                     "they are waiting for.")
+    elif not runs:
+        shipped = "no demo checkpoints are shipped yet" if not backend.demo_checkpoints() else \
+            "the shipped demo checkpoints are not installed in this workspace"
+        parts.append(f"ℹ️ No trained variant for **{dataset}** ({shipped}, {CHECKPOINTS_DIR.relative_to(REPO_ROOT)}/). "
+                     f"The {len(zero)} zero-shot baselines work now; train a variant in **Fine-tune** "
+                     "(preset *tiny*: seconds, *cpu*: minutes).")
+    else:
+        parts.append(f"{len(runs)} trained variant(s) and {len(zero)} zero-shot baselines on **{dataset}**.")
+    return " · ".join(parts)
+
+
+def build_app(backend: Backend) -> gr.Blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        with gr.Row(elem_classes=["wb-header"]):
+            gr.Markdown(f"## {TITLE}\nNeighbour search, ablations and fine-tuning of multimodal note "
+                        "embeddings ([NoteLLM-2](https://arxiv.org/abs/2405.16789)).", elem_classes=["wb-brand"])
+            dataset = gr.Dropdown(label="Dataset", choices=[], scale=0, min_width=220, elem_id="dataset")
+        status = gr.Markdown(elem_id="wb-banner", elem_classes=["wb-banner"])
+        startup_timer = gr.Timer(1.0, active=True)
+        tabs = {}
+        with gr.Tabs(elem_id="wb-tabs") as tab_set:
+            with gr.Tab("Search", id="search", elem_id="tab-search") as t:
+                tabs["search"] = (t, search.build(backend, dataset))
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as t:
+                tabs["compare"] = (t, compare.build(backend, dataset))
+            with gr.Tab("Explore", id="explore", elem_id="tab-explore") as t:
+                tabs["explore"] = (t, explore.build(backend, dataset))
+            with gr.Tab("Attention", id="attention", elem_id="tab-attention") as t:
+                tabs["attention"] = (t, attention.build(backend, dataset))
+            with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune") as t:
+                tabs["finetune"] = (t, finetune.build(backend, dataset))
+            with gr.Tab("Data", id="data", elem_id="tab-data") as t:
+                tabs["data"] = (t, data.build(backend, dataset))
+
+        # Every tab refreshes its note and variant lists when shown and when the dataset changes, so a run
+        # that finished a minute ago is there without a reload.
+        for name, (tab, handles) in tabs.items():
+            if "refresh" in handles:
+                fn, inputs, outputs = handles["refresh"]
+                tab.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
+                dataset.change(fn, inputs, outputs, api_name=False, show_progress="hidden")
+        dataset.change(lambda ds: banner(backend, ds), dataset, status, api_name=False, show_progress="hidden")
+
+        def on_load(current):
+            names = backend.dataset_names()
+            value = current if current in names else backend.default_dataset()
+            return gr.update(choices=names, value=value), banner(backend, value)
+
+        load = demo.load(on_load, [dataset], [dataset, status], api_name=False)
+        for name, (tab, handles) in tabs.items():
+            if "refresh" in handles:
+                fn, inputs, outputs = handles["refresh"]
+                load = load.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
+            for key in ("load", "init"):
+                if key in handles:
+                    fn, inputs, outputs = handles[key]
+                    load = load.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
+
+        # Until the background start-up is done, poll it; then refresh once and stop.
+        def on_startup_tick(current):
+            done = backend.startup.state in ("ready", "failed")
+            names = backend.dataset_names()
+            value = current if current in names else backend.default_dataset()
+            return (gr.update(choices=names, value=value), banner(backend, value), gr.Timer(active=not done))
+
+        startup_timer.tick(on_startup_tick, [dataset], [dataset, status, startup_timer], api_name=False,
+                           show_progress="hidden")
+        demo.workbench_tabs = tab_set
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """What Gradio 6 takes at launch rather than in Blocks(): theme, CSS and the page script."""
+    return {"css_paths": [CSS_PATH] if CSS_PATH.is_file() else None, "js": JS,
+            # System fonts only: there may be no network to fetch web fonts from.
+            "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate",
+                                    font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])}

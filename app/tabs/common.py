@@ -1,0 +1,66 @@
+"""Pieces several tabs share: the query picker, neighbour look-ups, variant dropdown refreshes."""
+from __future__ import annotations
+
+import gradio as gr
+
+from app.backend import Backend, describe
+from app.render import note_choice
+
+MODALITIES = [("Image + text", "both"), ("Text only (zero image)", "text"), ("Image only (empty text)", "image")]
+
+
+def note_choices(backend: Backend, dataset) -> list[tuple[str, str]]:
+    if not dataset:
+        return []
+    return [note_choice(n) for n in backend.store.notes(dataset)]
+
+
+def compose_note(title, content, topics, image):
+    """A note written in the page, or None when it has neither text nor image."""
+    from core.data.schema import Note
+    title, content = (title or "").strip(), (content or "").strip()
+    tags = [t.strip().lstrip("#") for t in (topics or "").replace("#", ",").split(",") if t.strip().lstrip("#")]
+    if not (title or content or tags) and image is None:
+        return None
+    return Note(note_id="(composed query)", title=title, content=content, topics=tags, image=image)
+
+
+def neighbours(backend: Backend, dataset, variant, note_id=None, query=None, k=10, modality="both"):
+    """[(Note, score, rank)] without the query itself; core decides the ranking."""
+    rows = backend.service("neighbors", variant, dataset, note_id=note_id, query=query, k=int(k) + 1,
+                           modality=modality)
+    rows = [r for r in rows if r["note_id"] != note_id][: int(k)]
+    notes = {n.note_id: n for n in backend.store.notes(dataset, [r["note_id"] for r in rows])}
+    return [(notes[r["note_id"]], float(r["score"]), i + 1) for i, r in enumerate(rows)]
+
+
+def refresh_variants(backend: Backend, dataset, current, multiselect: bool = False, trained_only: bool = False,
+                     default_count: int = 1):
+    """Dropdown update that keeps the user's choice when it still exists."""
+    choices = backend.variant_choices(dataset, trained_only=trained_only)
+    names = [value for _, value in choices]
+    if multiselect:
+        kept = [v for v in (current or []) if v in names]
+        if not kept:
+            kept = _default_selection(names, default_count)
+        return gr.update(choices=choices, value=kept)
+    value = current if current in names else (_default_selection(names, 1) or [None])[0]
+    return gr.update(choices=choices, value=value)
+
+
+def _default_selection(names: list[str], count: int) -> list[str]:
+    """Prefer trained NoteLLM-2, then other runs, then the strongest cheap baseline."""
+    order = sorted(names, key=lambda n: (0 if "micl+late" in n else 1 if not n.startswith("zs-") else
+                                         2 if n == "zs-concat" else 3, n))
+    return order[:count]
+
+
+def variants_legend(backend: Backend, dataset, names) -> str:
+    rows = []
+    for name in names or []:
+        row = backend.variant_row(dataset, name)
+        what = describe(name, row)
+        kind = "zero-shot baseline" if row.get("kind") == "zero-shot" else (
+            f"fine-tuned run, variant `{row.get('variant')}`" + (f", {row['steps']} steps" if row.get("steps") else ""))
+        rows.append(f"- **{name}**: {what} ({kind})")
+    return "\n".join(rows)

@@ -1,0 +1,200 @@
+"""Compare tab (ablation viewer): one query under 2-4 variants side by side, then Recall@k of all variants."""
+from __future__ import annotations
+
+import inspect
+
+import gradio as gr
+import pandas as pd
+
+from app.backend import Backend, Unavailable, describe, message
+from app.render import badge, esc, note_card, notice, query_card
+from app.tabs.common import MODALITIES, neighbours, note_choices, refresh_variants
+
+MAX_VARIANTS = 4
+
+
+def _overlap_fallback(lists: dict[str, list[str]], k: int) -> dict:
+    """Used only while core.analysis.compare_neighbor_lists is missing: plain set arithmetic on the ids."""
+    names = list(lists)
+    ref = set(lists[names[0]][:k]) if names else set()
+    pairwise = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = set(lists[a][:k]), set(lists[b][:k])
+            pairwise.append({"a": a, "b": b, "overlap": len(sa & sb) / max(k, 1),
+                             "jaccard": len(sa & sb) / max(len(sa | sb), 1)})
+    per = {n: {"entered": [i for i in lists[n][:k] if i not in ref],
+               "left": [i for i in lists[names[0]][:k] if i not in set(lists[n][:k])]} for n in names}
+    return {"pairwise": pairwise, "per_variant": per}
+
+
+def _pairwise_frame(result: dict) -> pd.DataFrame:
+    rows = result.get("pairwise") or []
+    if isinstance(rows, dict):  # {(a, b): {...}} or {"a|b": {...}}
+        rows = [{"a": k[0] if isinstance(k, tuple) else str(k), **({"b": k[1]} if isinstance(k, tuple) else {}), **v}
+                for k, v in rows.items()]
+    frame = pd.DataFrame(rows)
+    for col in frame.columns:
+        if frame[col].dtype.kind == "f":
+            frame[col] = frame[col].round(3)
+    return frame
+
+
+def compare(backend: Backend, dataset, note_id, names, modality, k):
+    """(query html, side-by-side html, overlap table, summary markdown)."""
+    names = [n for n in (names or []) if n]
+    if not dataset or not note_id:
+        return "", notice("Pick a dataset and a query note.", "warn"), pd.DataFrame(), ""
+    if len(names) < 2:
+        gr.Warning("Choose at least two variants to compare.")
+        return "", notice("Choose two to four variants.", "warn"), pd.DataFrame(), ""
+    if len(names) > MAX_VARIANTS:
+        gr.Warning(f"At most {MAX_VARIANTS} variants side by side; showing the first {MAX_VARIANTS}.")
+        names = names[:MAX_VARIANTS]
+    k = int(k)
+    query = backend.store.note(dataset, note_id)
+    related = backend.related(dataset).get(note_id, set())
+    results, errors = {}, {}
+    for name in names:
+        try:
+            results[name] = neighbours(backend, dataset, name, note_id=note_id, k=k, modality=modality)
+        except Exception as error:
+            errors[name] = message(error)
+    lists = {n: [note.note_id for note, _, _ in rows] for n, rows in results.items()}
+    target = sorted(related)[0] if related else None
+    if len(lists) >= 2:
+        try:
+            fn = backend.function("core.analysis", "compare_neighbor_lists") if backend.has(
+                "core.analysis", "compare_neighbor_lists") else backend.function("core.analysis.compare",
+                                                                                 "compare_neighbor_lists")
+            metrics = fn(lists, k=k, target=target)
+        except Unavailable:
+            metrics = _overlap_fallback(lists, k)
+    else:
+        metrics = {"pairwise": [], "per_variant": {}}
+    per = metrics.get("per_variant") or {n: metrics.get(n, {}) for n in lists}
+
+    reference = names[0]
+    ref_rank = {note.note_id: rank for note, _, rank in results.get(reference, [])}
+    columns = []
+    for name in names:
+        head = (f'<div class="wb-colhead"><b>{esc(name)}</b>'
+                f'<div class="wb-small">{esc(describe(name, backend.variant_row(dataset, name)))}</div>')
+        if name in errors:
+            columns.append(f'<div class="wb-col">{head}</div>{notice(errors[name], "error")}</div>')
+            continue
+        found = sum(1 for note, _, _ in results[name] if note.note_id in related)
+        head += (f'<div class="wb-small">related found: {found}/{len(related)}'
+                 + (" · reference column" if name == reference else
+                    f" · {len([i for i in lists[name] if i not in ref_rank])} entered vs {esc(reference)}") + "</div></div>")
+        cards = []
+        for note, score, rank in results[name]:
+            badges = []
+            if note.note_id in related:
+                badges.append(badge("related ✓", "related"))
+            if name != reference:
+                if note.note_id not in ref_rank:
+                    badges.append(badge("entered", "entered"))
+                elif ref_rank[note.note_id] != rank:
+                    moved = ref_rank[note.note_id] - rank
+                    badges.append(badge(f"{'▲' if moved > 0 else '▼'}{abs(moved)}", "moved"))
+            cards.append(note_card(note, rank=rank, score=score, badges=badges, size=72,
+                                   extra_class="compact" + (" is-related" if note.note_id in related else "")))
+        left = per.get(name, {}).get("left") if name != reference else None
+        if left is None and name != reference:
+            left = [i for i in lists[reference] if i not in set(lists[name])]
+        left_html = ""
+        if left:
+            titles = {n.note_id: n.title for n in backend.store.notes(dataset, left)}
+            left_html = ('<div class="wb-left"><span class="wb-badge left">left</span> '
+                         + ", ".join(f"#{ref_rank.get(i, '?')} {esc(titles.get(i, i))}" for i in left) + "</div>")
+        columns.append(f'<div class="wb-col">{head}{"".join(cards)}{left_html}</div>')
+    side = f'<div class="wb-compare" style="--cols:{len(names)}">{"".join(columns)}</div>'
+    frame = _pairwise_frame(metrics)
+    summary = (f"Top {k} for each variant, modality **{modality}**. Badges are relative to the first column "
+               f"(**{esc(reference)}**): *entered* = not in its top {k}; ▲/▼ = rank moved; the *left* line lists its "
+               f"neighbours that dropped out. {len(related)} known related note(s) for this query.")
+    return query_card(query), side, frame, summary
+
+
+def recall_table(backend: Backend, dataset, names, split, progress=gr.Progress()):
+    """Recall@k of the chosen variants, every modality; (table, markdown)."""
+    if not dataset:
+        return pd.DataFrame(), "Pick a dataset."
+    names = [n for n in (names or []) if n]
+    if not names:
+        return pd.DataFrame(), "Choose the variants to evaluate."
+    fn = backend.function("core.service", "evaluation_table")
+    kwargs = {"modalities": ("both", "image", "text")}
+    params = inspect.signature(fn).parameters
+    if "split" in params:
+        kwargs["split"] = split
+    if "progress" in params:
+        kwargs["progress"] = lambda done, total, msg="": progress((done, max(total, 1)), desc=msg)
+    progress(0, desc=f"evaluating {len(names)} variants × 3 modalities (vectors are cached after the first time)")
+    frame = fn(backend.workspace, dataset, names, **kwargs)
+    frame = frame.reset_index() if not isinstance(frame.index, pd.RangeIndex) else frame
+    for col in frame.columns:
+        if frame[col].dtype.kind == "f":
+            frame[col] = frame[col].round(3)
+    note = ("Recall@k is the share of test queries whose one target is in the top k (ties broken at random, seeded). "
+            "Intervals are 95% bootstrap intervals where core reports them: differences inside them are noise. "
+            "*image* = text emptied, *text* = image zeroed.")
+    return frame, note
+
+
+def build(backend: Backend, dataset: gr.Dropdown):
+    with gr.Row():
+        note = gr.Dropdown(label="Query note", choices=[], scale=3, elem_id="compare-note")
+        names = gr.Dropdown(label="Variants (2-4; the first is the reference)", choices=[], multiselect=True,
+                            max_choices=MAX_VARIANTS, scale=4, elem_id="compare-variants")
+        modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
+        k = gr.Slider(3, 30, value=10, step=1, label="k", scale=1)
+    run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+    with gr.Row():
+        query_html = gr.HTML(elem_id="compare-query")
+        summary = gr.Markdown()
+    side = gr.HTML(elem_id="compare-side")
+    overlap = gr.Dataframe(label="Overlap between the lists (share of top-k in common, Jaccard, RBO)",
+                           interactive=False, max_height=220, elem_id="compare-overlap")
+    gr.Markdown("### Recall@k of all variants on this dataset")
+    with gr.Row():
+        eval_names = gr.Dropdown(label="Variants to evaluate", choices=[], multiselect=True, scale=4)
+        split = gr.Dropdown(["all", "short_query", "long_query", "short_target", "long_target"], value="all",
+                            label="Test subset", scale=2)
+        eval_btn = gr.Button("Compute Recall@k table", scale=1, elem_id="eval-btn")
+    eval_note = gr.Markdown()
+    table = gr.Dataframe(label="Recall@k", interactive=False, wrap=True, elem_id="recall-table")
+
+    def on_compare(ds, n, v, m, kk):
+        try:
+            return compare(backend, ds, n, v, m, kk)
+        except Exception as error:
+            return "", notice(message(error), "error"), pd.DataFrame(), ""
+
+    run.click(on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary],
+              api_name="compare")
+    note.input(on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary], api_name=False)
+
+    def on_eval(ds, v, s, progress=gr.Progress()):
+        try:
+            return recall_table(backend, ds, v, s, progress)
+        except Exception as error:
+            gr.Warning(message(error)[:200])
+            return pd.DataFrame(), f"⚠️ {esc(message(error))}"
+
+    eval_btn.click(on_eval, [dataset, eval_names, split], [table, eval_note], api_name="recall_table")
+
+    def refresh(ds, current_note, current, current_eval):
+        try:
+            choices = note_choices(backend, ds)
+        except Exception:
+            choices = []
+        ids = [v for _, v in choices]
+        value = current_note if current_note in ids else (ids[0] if ids else None)
+        all_names = [v for _, v in backend.variant_choices(ds)]
+        eval_update = refresh_variants(backend, ds, current_eval, multiselect=True, default_count=len(all_names))
+        return (gr.update(choices=choices, value=value),
+                refresh_variants(backend, ds, current, multiselect=True, default_count=2), eval_update)
+
+    return {"refresh": (refresh, [dataset, note, names, eval_names], [note, names, eval_names])}

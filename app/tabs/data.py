@@ -1,0 +1,210 @@
+"""Data tab: import an upload (atomic, with a validation report), browse a dataset, its statistics."""
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from app.backend import Backend, message
+from app.render import esc
+
+PAGE = 40
+ALL = "(all categories)"
+
+
+def datasets_table(backend: Backend) -> pd.DataFrame:
+    rows = []
+    for d in backend.store.list_datasets():
+        rows.append({"dataset": d.name, "notes": d.notes, "pairs": d.pairs, "images": d.images,
+                     "categories": getattr(d, "categories", ""), "skipped rows": getattr(d, "skipped", 0),
+                     "source": d.source, "imported": d.created_at})
+    return pd.DataFrame(rows, columns=["dataset", "notes", "pairs", "images", "categories", "skipped rows",
+                                       "source", "imported"])
+
+
+def _path(file) -> str | None:
+    if file is None:
+        return None
+    return str(getattr(file, "name", file))
+
+
+def check_upload(name: str, notes_file, pairs_file, images_zip) -> str | None:
+    """Problems the page can name before core reads anything (core validates the contents)."""
+    if not (name or "").strip():
+        return "Give the dataset a name."
+    notes = _path(notes_file)
+    if not notes:
+        return "Choose a notes file (.csv or .jsonl with note_id, title, content, image[, topics][, category])."
+    if Path(notes).suffix.lower() not in (".csv", ".jsonl", ".json"):
+        return f"The notes file must be .csv or .jsonl, not {Path(notes).name}."
+    pairs = _path(pairs_file)
+    if pairs and Path(pairs).suffix.lower() != ".csv":
+        return f"The pairs file must be .csv (note_id_1,note_id_2), not {Path(pairs).name}."
+    images = _path(images_zip)
+    if images:
+        if Path(images).suffix.lower() != ".zip":
+            return f"Images must come as a .zip, not {Path(images).name}."
+        if not zipfile.is_zipfile(images):
+            return f"{Path(images).name} is not a readable zip archive; nothing was imported."
+    return None
+
+
+def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, skip_bad,
+                  progress=gr.Progress()):
+    """Returns (report markdown, problems table, datasets table, dataset dropdown update)."""
+    name = (name or "").strip()
+    empty = pd.DataFrame(columns=["kind", "file", "row", "reason"])
+    problem = check_upload(name, notes_file, pairs_file, images_zip)
+    if problem:
+        gr.Warning(problem)
+        return f"❌ {problem}", empty, datasets_table(backend), gr.update()
+
+    def report_progress(done, total, msg):
+        progress((done, max(total, 1)), desc=msg)
+
+    try:
+        report = backend.store.import_dataset(name, _path(notes_file), _path(pairs_file), _path(images_zip),
+                                              skip_bad=bool(skip_bad), progress=report_progress)
+    except Exception as error:
+        rows = [{"kind": "problem", "file": p[0] if len(p) > 0 else "", "row": p[1] if len(p) > 1 else "",
+                 "reason": p[2] if len(p) > 2 else str(p)} for p in _problems(error)]
+        text = message(error)
+        gr.Warning(f"Nothing imported: {text.splitlines()[0][:200]}")
+        return (f"❌ **Nothing imported.** {esc(text)}\n\nThe workspace is unchanged.",
+                pd.DataFrame(rows, columns=empty.columns), datasets_table(backend), gr.update())
+    rows = ([{"kind": "note", "file": f, "row": r, "reason": why} for f, r, why in report.skipped]
+            + [{"kind": "pair", "file": f, "row": r, "reason": why} for f, r, why in getattr(report, "pairs_skipped", [])]
+            + [{"kind": "archive", "file": f, "row": r, "reason": why} for f, r, why in getattr(report, "ignored", [])])
+    summary = report.summary() if hasattr(report, "summary") else (
+        f"imported {report.imported} of {report.read} notes, {report.pairs_imported} of {report.pairs_read} pairs")
+    gr.Info(f"Imported '{name}'")
+    names = backend.dataset_names()
+    return (f"✅ {esc(summary)}", pd.DataFrame(rows, columns=empty.columns), datasets_table(backend),
+            gr.update(choices=names, value=name))
+
+
+def _problems(error) -> list:
+    problems = getattr(error, "problems", None) or []
+    out = []
+    for p in problems:
+        out.append(tuple(p) if isinstance(p, (tuple, list)) or hasattr(p, "_fields") else (str(p),))
+    return out
+
+
+def browse(backend: Backend, dataset, category, text, page):
+    """A page of the gallery: (gallery items, caption markdown)."""
+    if not dataset:
+        return [], "No dataset selected."
+    notes = backend.store.notes(dataset)
+    if category and category != ALL:
+        notes = [n for n in notes if n.category == category]
+    needle = (text or "").strip().lower()
+    if needle:
+        notes = [n for n in notes if needle in (n.title or "").lower() or needle in (n.content or "").lower()
+                 or any(needle in t.lower() for t in n.topics)]
+    pages = max(1, -(-len(notes) // PAGE))
+    page = min(max(1, int(page or 1)), pages)
+    shown = notes[(page - 1) * PAGE: page * PAGE]
+    items = [(n.image, f"{n.title or '(untitled)'} · {n.category or 'no category'}") for n in shown if n.image]
+    without = sum(1 for n in shown if not n.image)
+    caption = f"{len(notes)} notes match · page {page} of {pages}"
+    if without:
+        caption += f" · {without} on this page have no image (not shown)"
+    return items, caption
+
+
+def stats(backend: Backend, dataset):
+    """(markdown summary, category bar chart, category dropdown update)."""
+    if not dataset:
+        return "No dataset selected.", None, gr.update(choices=[ALL], value=ALL)
+    info = backend.store.dataset(dataset) if hasattr(backend.store, "dataset") else None
+    categories = backend.store.categories(dataset)
+    notes = backend.store.notes(dataset)
+    related = backend.related(dataset)
+    degrees = [len(related.get(n.note_id, ())) for n in notes]
+    lengths = sorted(len(n.title or "") + len(n.content or "") for n in notes)
+    unpaired = sum(1 for d in degrees if d == 0)
+    with_image = sum(1 for n in notes if n.image)
+    median_len = lengths[len(lengths) // 2] if lengths else 0
+    lines = [f"**{esc(dataset)}**: {len(notes)} notes, {sum(len(v) for v in related.values()) // 2} related pairs, "
+             f"{with_image} notes with an image ({100 * with_image / max(len(notes), 1):.0f}%), "
+             f"{len(categories)} categories.",
+             f"Pairs per note: median {sorted(degrees)[len(degrees) // 2] if degrees else 0}, max {max(degrees, default=0)};"
+             f" {unpaired} notes have no pair (they can be neighbours but never queries).",
+             f"Text length (title + content): median {median_len} characters."]
+    if info is not None:
+        lines.append(f"Source: {esc(info.source)} · imported {esc(info.created_at)}"
+                     + (f" · {info.skipped} rows skipped at import" if getattr(info, "skipped", 0) else ""))
+    cats = list(categories.items())
+    fig = go.Figure(go.Bar(x=[c or "(none)" for c, _ in cats], y=[n for _, n in cats],
+                           marker_color="#4f6bed", hovertemplate="%{x}: %{y} notes<extra></extra>"))
+    fig.update_layout(title="Notes per category", height=300, margin=dict(l=40, r=10, t=40, b=110),
+                      xaxis_tickangle=-40, template="plotly_white")
+    return "\n\n".join(lines), fig, gr.update(choices=[ALL] + [c for c, _ in cats if c], value=ALL)
+
+
+def build(backend: Backend, dataset: gr.Dropdown):
+    gr.Markdown("Import notes and related pairs, check what was read, browse what is stored. "
+                "An import is all-or-nothing unless *skip bad rows* is ticked; every skipped row is listed below.",
+                elem_classes=["wb-intro"])
+    with gr.Row():
+        with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="data-summary")
+            cat_plot = gr.Plot(label="Categories", show_label=False)
+        with gr.Column(scale=2):
+            table = gr.Dataframe(label="Datasets in this workspace", interactive=False, wrap=True, max_height=260)
+    with gr.Accordion("Import a dataset", open=False):
+        gr.Markdown("`notes.csv` or `.jsonl` with `note_id,title,content,image[,topics][,category]` "
+                    "(NoteLLM's `noteid,title,content,imgid,category` works as is); `pairs.csv` with "
+                    "`note_id_1,note_id_2`; images as a `.zip` whose file names match the `image` column.")
+        with gr.Row():
+            name = gr.Textbox(label="Dataset name", placeholder="my-notes", scale=1)
+            notes_file = gr.File(label="Notes (.csv / .jsonl)", file_types=[".csv", ".jsonl", ".json"], scale=1)
+            pairs_file = gr.File(label="Related pairs (.csv)", file_types=[".csv"], scale=1)
+            images_zip = gr.File(label="Images (.zip)", file_types=[".zip"], scale=1)
+        with gr.Row():
+            skip_bad = gr.Checkbox(label="Skip bad rows (import the rest, list the skipped ones)", value=False)
+            import_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
+        import_report = gr.Markdown(elem_id="import-report")
+        problems = gr.Dataframe(label="Validation report: rows left out or refused", interactive=False,
+                                wrap=True, max_height=240)
+    gr.Markdown("### Browse")
+    with gr.Row():
+        category = gr.Dropdown(label="Category", choices=[ALL], value=ALL, scale=2)
+        text = gr.Textbox(label="Search title / text / topics", scale=2)
+        page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
+    caption = gr.Markdown()
+    gallery = gr.Gallery(label="Notes", columns=8, height=520, object_fit="contain", allow_preview=True,
+                         elem_id="data-gallery")
+
+    def on_import(n, nf, pf, iz, sb, progress=gr.Progress()):
+        return import_upload(backend, n, nf, pf, iz, sb, progress)
+
+    import_btn.click(on_import, [name, notes_file, pairs_file, images_zip, skip_bad],
+                     [import_report, problems, table, dataset], api_name="import_dataset")
+
+    def on_dataset(ds):
+        try:
+            md, fig, cat = stats(backend, ds)
+            items, cap = browse(backend, ds, ALL, "", 1)
+            return md, fig, cat, items, cap, 1, datasets_table(backend)
+        except Exception as error:
+            return f"⚠️ {esc(message(error))}", None, gr.update(), [], "", 1, gr.update()
+
+    dataset.change(on_dataset, [dataset], [summary, cat_plot, category, gallery, caption, page, table],
+                   api_name="dataset_overview")
+
+    def on_browse(ds, c, t, p):
+        try:
+            return browse(backend, ds, c, t, p)
+        except Exception as error:
+            return [], f"⚠️ {esc(message(error))}"
+
+    for trigger in (category.change, text.submit, page.submit):
+        trigger(on_browse, [dataset, category, text, page], [gallery, caption], api_name=False)
+    category.change(lambda: 1, None, page, api_name=False)
+    return {"refresh": (on_dataset, [dataset], [summary, cat_plot, category, gallery, caption, page, table])}

@@ -1,0 +1,229 @@
+"""Fine-tune tab: start / stop / resume a training job in core's background workers and watch it live.
+
+Training never runs in the UI process: core.service starts a job and the page polls `job_status` with a
+gr.Timer. A page reload re-attaches to the newest running job through `list_jobs`."""
+from __future__ import annotations
+
+import inspect
+import time
+
+import gradio as gr
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.backend import Backend, VARIANT_DESCRIPTIONS, message
+from app.render import esc
+
+PRESETS = {
+    "tiny": "tiny random backbones built in code: seconds per run, for checks (results are meaningless)",
+    "cpu": "offline SmolLM2-135M + EfficientNet-Lite0, LoRA on the LLM: about 5 s per step on 2 CPU cores",
+    "reference": "the paper's recipe (full fine-tuning, lr 3e-6, bf16): for GPUs and large data",
+}
+ACTIVE = ("queued", "pending", "starting", "running")
+POLL_S = 1.5
+
+
+def variant_of(image_mode: str, late: bool) -> str:
+    base = {"none": "text", "basic": "basic", "mICL": "micl"}[image_mode]
+    if late:
+        return "late" if base == "text" else f"{base}+late"
+    return base
+
+
+def default_run_name(variant: str, dataset) -> str:
+    return f"{variant.replace('+', '-')}-{dataset or 'data'}-{time.strftime('%H%M%S')}"
+
+
+def overrides_from(backend: Backend, batch, lr_llm, lr_new, llm, vision, lora) -> dict:
+    """Only what the user set; empty fields keep the preset's value. Names follow core's start_training."""
+    wanted = {"batch_pairs": int(batch) if batch else None, "lr": float(lr_llm) if lr_llm else None,
+              "lr_new": float(lr_new) if lr_new else None, "llm": (llm or "").strip() or None,
+              "vision": (vision or "").strip() or None}
+    if lora in ("lora", "full", "frozen"):
+        wanted["llm_tuning"] = lora
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    try:
+        params = inspect.signature(backend.function("core.service", "start_training")).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            wanted = {k: v for k, v in wanted.items() if k in params}
+    except Exception:
+        pass
+    return wanted
+
+
+def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision, lora):
+    if not dataset:
+        raise gr.Error("Choose a dataset (import one in the Data tab).")
+    variant = variant_of(image_mode, late)
+    run = (run or "").strip() or default_run_name(variant, dataset)
+    job_id = backend.service("start_training", dataset, variant, run, preset=preset, steps=int(steps),
+                             **overrides_from(backend, batch, lr_llm, lr_new, llm, vision, lora))
+    gr.Info(f"Started run '{run}' ({variant}, {preset}, {int(steps)} steps)")
+    return job_id, run
+
+
+def latest_job(backend: Backend) -> dict | None:
+    """The newest running training job, else the newest training job: what a reloaded page shows."""
+    try:
+        jobs = [j for j in backend.service("list_jobs") if j.get("kind", "train") in ("train", "training")]
+    except Exception:
+        return None
+    if not jobs:
+        return None
+    running = [j for j in jobs if j.get("state") in ACTIVE]
+    return (running or jobs)[-1] if not running else running[-1]
+
+
+def progress_html(status: dict | None) -> str:
+    if not status:
+        return '<div class="wb-job idle">No training job yet in this workspace.</div>'
+    step, total = int(status.get("step") or 0), int(status.get("total") or 0)
+    share = step / total if total else 0.0
+    state = status.get("state", "?")
+    return (f'<div class="wb-job {esc(state)}"><div class="wb-job-head"><b>{esc(status.get("run", ""))}</b>'
+            f'<span class="wb-badge state-{esc(state)}">{esc(state)}</span>'
+            f'<span>step {step} / {total or "?"}</span><span class="wb-small">{esc(status.get("message") or "")}</span>'
+            f'</div><div class="wb-bar"><div style="width:{100 * share:.1f}%"></div></div></div>')
+
+
+def curves(events: list[dict]):
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "Recall@k on held-out pairs"))
+    steps = [e.get("step") for e in events if e.get("loss") is not None]
+    if steps:
+        fig.add_trace(go.Scatter(x=steps, y=[e["loss"] for e in events if e.get("loss") is not None],
+                                 mode="lines", name="loss", line=dict(color="#4f6bed")), row=1, col=1)
+    metric_keys = sorted({k for e in events for k in e if k.startswith("recall@") and not k.endswith(("_low", "_high", "_lo", "_hi"))},
+                         key=lambda k: int("".join(ch for ch in k.split("@")[1] if ch.isdigit()) or 0))
+    for i, key in enumerate(metric_keys):
+        rows = [e for e in events if e.get(key) is not None]
+        fig.add_trace(go.Scatter(x=[e.get("step") for e in rows], y=[e[key] for e in rows], mode="lines+markers",
+                                 name=key), row=1, col=2)
+    fig.update_layout(height=320, template="plotly_white", margin=dict(l=40, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(title_text="step")
+    return fig
+
+
+def poll(backend: Backend, job_id, last_state):
+    """(progress html, figure, log, job state, timer update, buttons)."""
+    if not job_id:
+        return (progress_html(None), gr.update(), "", last_state, gr.Timer(active=False),
+                gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=False))
+    status = backend.service("job_status", job_id)
+    state = status.get("state")
+    try:
+        events = backend.service("run_events", status.get("run"))
+    except Exception:
+        events = []
+    log = status.get("log_tail") or ""
+    if isinstance(log, list):
+        log = "\n".join(map(str, log))
+    active = state in ACTIVE
+    if last_state in ACTIVE and not active:
+        if state in ("done", "finished", "completed", "succeeded"):
+            gr.Info(f"Run '{status.get('run')}' finished: it is now a variant in every tab.")
+        else:
+            gr.Warning(f"Run '{status.get('run')}' {state}: {status.get('message') or ''}"[:200])
+    resumable = state in ("cancelled", "canceled", "stopped", "failed", "interrupted")
+    return (progress_html(status), curves(events), log, state, gr.Timer(active=active),
+            gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
+
+
+def build(backend: Backend, dataset: gr.Dropdown):
+    job_id = gr.Textbox(visible=False)
+    job_state = gr.State(None)
+    run_of_job = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=340):
+            with gr.Row():
+                image_mode = gr.Radio(["none", "basic", "mICL"], value="mICL", label="Image in the prompt",
+                                      elem_id="ft-image-mode")
+                late = gr.Checkbox(value=True, label="Late fusion", elem_id="ft-late")
+            variant_md = gr.Markdown(elem_classes=["wb-small"])
+            preset = gr.Radio(list(PRESETS), value="cpu", label="Preset", elem_id="ft-preset")
+            preset_md = gr.Markdown(PRESETS["cpu"], elem_classes=["wb-small"])
+            with gr.Row():
+                steps = gr.Number(value=100, precision=0, minimum=1, label="Steps", elem_id="ft-steps")
+                batch = gr.Number(value=None, precision=0, minimum=1, label="Pairs per batch (blank: preset)")
+            run = gr.Textbox(label="Run name (blank: automatic)", elem_id="ft-run")
+            with gr.Accordion("Backbones and learning rates (blank: preset)", open=False):
+                llm = gr.Textbox(label="LLM (hub name or local path)", placeholder="SmolLM2-135M-Instruct (offline)")
+                vision = gr.Textbox(label="Vision encoder", placeholder="EfficientNet-Lite0 (offline)")
+                lora = gr.Radio(["preset", "lora", "full", "frozen"], value="preset", label="LLM tuning")
+                with gr.Row():
+                    lr_llm = gr.Number(value=None, label="LR of the LLM (LoRA or full)")
+                    lr_new = gr.Number(value=None, label="LR of new modules (connector, gate, head)")
+            with gr.Row():
+                start_btn = gr.Button("Start", variant="primary", elem_id="ft-start")
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="ft-stop")
+                resume_btn = gr.Button("Resume", interactive=False, elem_id="ft-resume")
+        with gr.Column(scale=3):
+            progress = gr.HTML(progress_html(None), elem_id="ft-progress")
+            plot = gr.Plot(show_label=False, elem_id="ft-curves")
+            log = gr.Textbox(label="Log", lines=8, max_lines=14, autoscroll=True, elem_id="ft-log")
+    timer = gr.Timer(POLL_S, active=False)
+
+    def describe_variant(mode, lt):
+        v = variant_of(mode, lt)
+        return f"Variant **{v}**: {VARIANT_DESCRIPTIONS[v]}."
+
+    for control in (image_mode, late):
+        control.change(describe_variant, [image_mode, late], variant_md, api_name=False)
+    preset.change(lambda p: PRESETS[p], preset, preset_md, api_name=False)
+    outputs = [progress, plot, log, job_state, timer, start_btn, stop_btn, resume_btn]
+
+    def on_poll(j, s):
+        try:
+            return poll(backend, j, s)
+        except Exception as error:
+            return (f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update(), "", s,
+                    gr.Timer(active=False), gr.update(interactive=True), gr.update(), gr.update())
+
+    def on_start(ds, mode, lt, p, st, r, b, l1, l2, m1, m2, lo):
+        try:
+            jid, run_name = start(backend, ds, mode, lt, p, st, r, b, l1, l2, m1, m2, lo)
+        except gr.Error:
+            raise
+        except Exception as error:
+            gr.Warning(message(error)[:200])
+            return gr.update(), gr.update(), f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update()
+        return jid, run_name, progress_html({"run": run_name, "state": "queued", "step": 0, "total": st}), \
+            gr.Timer(active=True)
+
+    start_btn.click(on_start, [dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision,
+                               lora], [job_id, run_of_job, progress, timer], api_name="start_training").then(
+        lambda: ("running", gr.update(interactive=False), gr.update(interactive=True)), None,
+        [job_state, start_btn, stop_btn], api_name=False)
+
+    def on_stop(j):
+        if not j:
+            return "No job to stop."
+        try:
+            backend.service("cancel_job", j)
+            gr.Info("Stopping: the job saves a checkpoint you can resume.")
+        except Exception as error:
+            gr.Warning(message(error)[:200])
+        return gr.update()
+
+    stop_btn.click(on_stop, [job_id], [log], api_name="stop_training")
+
+    def on_resume(j):
+        try:
+            status = backend.service("job_status", j)
+            new = backend.service("resume_training", status.get("run"))
+        except Exception as error:
+            gr.Warning(message(error)[:200])
+            return gr.update(), gr.update()
+        gr.Info(f"Resuming run '{status.get('run')}'")
+        return new, gr.Timer(active=True)
+
+    resume_btn.click(on_resume, [job_id], [job_id, timer], api_name="resume_training")
+    timer.tick(on_poll, [job_id, job_state], outputs, show_progress="hidden", api_name=False)
+    job_id.change(on_poll, [job_id, job_state], outputs, show_progress="hidden", api_name="job_view")
+
+    def attach():
+        job = latest_job(backend)
+        return (job or {}).get("job_id") or ""
+
+    return {"load": (attach, None, [job_id]),
+            "init": (describe_variant, [image_mode, late], [variant_md])}
