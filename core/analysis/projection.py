@@ -1,0 +1,120 @@
+"""2-D maps of embedding sets: UMAP (umap-learn), cached on disk, and two maps aligned note by note.
+
+umap-learn compiles with numba on first use (about 10 s) and a fit takes seconds more, so every map is
+cached under `cache_dir` by `key` plus a hash of the vectors and the settings: the same request returns the
+same coordinates without recomputing. With a fixed seed UMAP runs single-threaded and is deterministic.
+
+Alignment (`aligned_projections`): UMAP of each set separately, then the second map is fitted onto the
+first by orthogonal Procrustes (rotation/reflection, uniform scale and translation; rows are matched because
+row i is the same note in both sets). AlignedUMAP was not used: it fits both sets jointly and is several
+times slower, and Procrustes leaves each map exactly the one `project` shows on its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import WorkbenchError
+
+METHODS = ("umap", "pca")
+
+
+def _pca(vectors: np.ndarray) -> np.ndarray:
+    centred = vectors - vectors.mean(axis=0, keepdims=True)
+    if centred.shape[0] < 2:
+        return np.zeros((centred.shape[0], 2))
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ components[:2].T
+    if coords.shape[1] < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    # A fixed sign per axis, so the same input always gives the same picture.
+    signs = np.sign(coords[np.abs(coords).argmax(axis=0), range(2)])
+    return coords * np.where(signs == 0, 1, signs)
+
+
+def compute_projection(vectors: np.ndarray, seed: int = 0, method: str = "umap", n_neighbors: int = 15,
+                       min_dist: float = 0.1, n_epochs: int | None = None, metric: str = "cosine") -> np.ndarray:
+    """(N, 2) float32 coordinates, uncached. Sets too small for UMAP's neighbour graph (N <= 4) use PCA."""
+    if method not in METHODS:
+        raise WorkbenchError(f"projection method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method == "pca" or len(vectors) <= 4:
+        return _pca(vectors).astype(np.float32)
+    import umap
+
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(vectors) - 1)), min_dist=min_dist,
+                        metric=metric, random_state=seed, n_epochs=n_epochs, init="spectral")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed means one thread; expected
+        return np.asarray(reducer.fit_transform(vectors), dtype=np.float32)
+
+
+def _cache_path(cache_dir: Path, key: str | None, vectors: np.ndarray, settings: dict) -> Path:
+    digest = hashlib.sha1()
+    digest.update(str(vectors.shape).encode())
+    digest.update(np.ascontiguousarray(vectors).tobytes())
+    digest.update(repr(sorted(settings.items())).encode())
+    safe_key = re.sub(r"[^A-Za-z0-9._-]+", "_", key or "vectors")[:80]
+    return Path(cache_dir) / f"{safe_key}-{digest.hexdigest()[:16]}.npy"
+
+
+def _as_matrix(vectors) -> np.ndarray:
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or len(matrix) == 0:
+        raise WorkbenchError(f"expected a non-empty (N, dim) array of vectors, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise WorkbenchError("the vectors contain NaN or infinite values")
+    return matrix
+
+
+def project(vectors: np.ndarray, cache_dir: Path | None = None, key: str | None = None, seed: int = 0,
+            method: str = "umap", *, n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int | None = None,
+            metric: str = "cosine") -> np.ndarray:
+    """(N, 2) float32 map of `vectors`; with `cache_dir`, read from / written to
+    `cache_dir/<key>-<hash of vectors and settings>.npy`."""
+    matrix = _as_matrix(vectors)
+    settings = dict(seed=seed, method=method, n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                    metric=metric)
+    path = _cache_path(cache_dir, key, matrix, settings) if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            cached = np.load(path)
+            if cached.shape == (len(matrix), 2):
+                return cached
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed and overwritten
+    coords = compute_projection(matrix, seed=seed, method=method, n_neighbors=n_neighbors, min_dist=min_dist,
+                                n_epochs=n_epochs, metric=metric)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp.npy")
+        np.save(temporary, coords)
+        temporary.replace(path)  # atomic: a reader never sees half a file
+    return coords
+
+
+def procrustes_align(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """`moving` rotated/reflected, uniformly scaled and translated to best fit `reference` (least squares)."""
+    ref_mean, mov_mean = reference.mean(axis=0), moving.mean(axis=0)
+    ref, mov = reference - ref_mean, moving - mov_mean
+    u, singular, vt = np.linalg.svd(mov.T @ ref)
+    rotation = u @ vt
+    norm = (mov ** 2).sum()
+    scale = singular.sum() / norm if norm > 0 else 1.0
+    return (mov @ rotation * scale + ref_mean).astype(np.float32)
+
+
+def aligned_projections(vectors_a: np.ndarray, vectors_b: np.ndarray, cache_dir: Path | None = None,
+                        key: str | None = None, seed: int = 0, **umap_settings) -> tuple[np.ndarray, np.ndarray]:
+    """(coords_a, coords_b), each (N, 2): row i of both sets is the same note. coords_a is `project(vectors_a)`;
+    coords_b is `project(vectors_b)` Procrustes-aligned onto it (the vectors may differ in width)."""
+    a, b = _as_matrix(vectors_a), _as_matrix(vectors_b)
+    if len(a) != len(b):
+        raise WorkbenchError(f"aligned maps need the same notes in both sets: {len(a)} vs {len(b)} vectors")
+    base = key or "aligned"
+    coords_a = project(a, cache_dir, f"{base}-a", seed, **umap_settings)
+    coords_b = project(b, cache_dir, f"{base}-b", seed, **umap_settings)
+    return coords_a, procrustes_align(coords_a, coords_b)
