@@ -1,0 +1,189 @@
+"""CLI commands of the engine: train, encode, neighbors, eval (`python -m core <command> --help`).
+
+Every bad request ends with a one-line reason and a non-zero exit (WorkbenchError, printed by core.cli);
+progress goes to stderr with tqdm, results to stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+
+from core.cli import add_workspace_argument
+from core.errors import WorkbenchError
+
+_TRAIN_FIXED = {"dataset", "variant", "run", "preset", "steps", "device"}
+# Model options a training run may change (the rest of NoteEncoderConfig comes from the preset).
+_MODEL_OPTIONS = {"llm": str, "vision": str, "llm_tuning": str, "lora_rank": int, "lora_alpha": int,
+                  "connector": str, "num_query_tokens": int, "qformer_width": int, "qformer_layers": int,
+                  "qformer_heads": int, "embedding_dim": int, "backbone_dtype": str}
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def register(subparsers) -> None:
+    from core.train.trainer import PRESETS, TrainConfig
+
+    p = subparsers.add_parser("train", help="fine-tune a variant on a dataset's pairs (or --resume a run)")
+    p.add_argument("--dataset", help="dataset name (see `datasets`)")
+    p.add_argument("--variant", help="text, basic, micl, late, basic+late, micl+late")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--run", required=True, help="run name: the folder WORKSPACE/runs/RUN")
+    p.add_argument("--preset", default="cpu", choices=PRESETS, help="tiny: random tiny backbones; cpu: the CPU "
+                   "pilot recipe (LoRA); reference: the paper's recipe (full fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--init-from", help="start from the weights of this checkpoint folder (same architecture)")
+    p.add_argument("--job", help=argparse_hidden())
+    for f in fields(TrainConfig):
+        if f.name in _TRAIN_FIXED:
+            continue
+        kind = _bool if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                       help=f"(default from the preset; {f.default!r} otherwise)")
+    for name, kind in _MODEL_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help="model option")
+    p.add_argument("--fixed-temperature", action="store_true", help="keep t at --temperature-init")
+    add_workspace_argument(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("encode", help="encode a dataset with a run or zero-shot baseline (cached)")
+    p.add_argument("--run", required=True, help="run name or zs-text, zs-image, zs-concat, zs-llm")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--modality", default="both", choices=("both", "image", "text"))
+    p.add_argument("--job", help=argparse_hidden())
+    add_workspace_argument(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = subparsers.add_parser("neighbors", help="nearest notes of a note under a run or baseline")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--note", required=True, help="note id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--modality", default="both", choices=("both", "image", "text"))
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_workspace_argument(p)
+    p.set_defaults(func=cmd_neighbors)
+
+    p = subparsers.add_parser("eval", help="Recall@k on the held-out pairs; prints one JSON object")
+    p.add_argument("--run", required=True, help="run name or zs-text, zs-image, zs-concat, zs-llm")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test", choices=("test", "train", "all"))
+    p.add_argument("--modality", default="both", choices=("both", "image", "text"))
+    p.add_argument("--seed", type=int, default=0, help="tie-breaking and bootstrap seed")
+    p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result matches")
+    add_workspace_argument(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _tqdm_progress(description: str):
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def progress(done: int, total: int) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, desc=description, unit="note", file=sys.stderr)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return progress
+
+
+def cmd_train(args) -> int:
+    from core.jobs import JobReporter
+    from core.train.trainer import TrainConfig, train
+
+    reporter = JobReporter(args.workspace, args.job)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in _TRAIN_FIXED and getattr(args, f.name) is not None}
+    overrides.update({name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None})
+    if args.fixed_temperature:
+        overrides["learn_temperature"] = False
+    if args.device:
+        overrides["device"] = args.device
+
+    def on_step(row: dict) -> None:
+        reporter.running(row["step"], row["total"], f"step {row['step']}/{row['total']} loss {row['loss']:.4f}")
+
+    reporter.running(0, args.steps, "loading the model", force=True)
+    try:
+        summary = train(args.workspace, args.dataset, args.variant, args.run, preset=args.preset, steps=args.steps,
+                        resume=args.resume, init_from=args.init_from, on_step=on_step, progress_bar=True,
+                        **overrides)
+    except WorkbenchError as error:
+        reporter.end("failed", str(error))
+        raise
+    except BaseException as error:
+        reporter.end("failed", f"{type(error).__name__}: {error}")
+        raise
+    reporter.end(summary["status"], f"{summary['status']} at step {summary['step']}/{summary['steps']}",
+                 step=summary["step"])
+    print(json.dumps(summary))
+    return 0 if summary["status"] == "finished" else 3
+
+
+def cmd_encode(args) -> int:
+    from core import service
+    from core.jobs import JobReporter
+
+    reporter = JobReporter(args.workspace, args.job)
+    bar = _tqdm_progress(f"encode {args.dataset} with {args.run}")
+
+    def progress(done, total):
+        bar(done, total)
+        reporter.running(done, total, f"encoded {done}/{total} notes")
+
+    try:
+        reporter.running(0, 0, "loading the encoder", force=True)
+        ids, matrix = service.dataset_vectors(args.workspace, args.run, args.dataset, args.modality, progress)
+    except BaseException as error:
+        reporter.end("failed", str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}")
+        raise
+    folder = service._ws(args.workspace).indexes_dir / args.run / args.dataset
+    reporter.end("finished", f"{len(ids)} vectors in {folder}", step=len(ids))
+    print(json.dumps({"run": args.run, "dataset": args.dataset, "modality": args.modality, "notes": len(ids),
+                      "dim": int(matrix.shape[1]) if matrix.size else 0,
+                      "vectors": str(folder / f"{args.modality}.npy")}))
+    return 0
+
+
+def cmd_neighbors(args) -> int:
+    from core import service
+
+    rows = service.neighbors(args.workspace, args.run, args.dataset, note_id=args.note, k=args.k,
+                             modality=args.modality)
+    store = service._store(args.workspace)
+    notes = {n.note_id: n for n in store.notes(args.dataset, [r["note_id"] for r in rows])}
+    for row in rows:
+        note = notes[row["note_id"]]
+        if args.json:
+            print(json.dumps({**row, "title": note.title, "category": note.category}, ensure_ascii=False))
+        else:
+            print(f"{row['rank']:>3}  {row['score']:.4f}  {row['note_id']}  {note.title[:60]}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from core import service
+
+    result = service.evaluate_variant(args.workspace, args.run, args.dataset, args.split, args.modality, args.seed,
+                                      progress=_tqdm_progress(f"encode {args.dataset} with {args.run}"),
+                                      use_cache=not args.no_cache)
+    print(json.dumps(result))
+    return 0

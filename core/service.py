@@ -1,0 +1,353 @@
+"""Plain functions the Gradio app (and scripts) call: variants, encoders, vectors, neighbours, evaluation,
+training jobs. Nothing here imports gradio; long work takes `progress(done, total)` callbacks, and training
+and bulk encoding run in worker processes (core/jobs.py).
+
+Names: a *run* is a folder WORKSPACE/runs/<run>/ written by the trainer; the zero-shot baselines are
+`zs-text`, `zs-image`, `zs-concat`, `zs-llm`. Both kinds are "variants" to the viewer and behave alike.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION, load_zero_shot
+from core.data.schema import Note
+from core.errors import WorkbenchError
+from core.workspace import Workspace
+
+Progress = Callable[[int, int], None]
+MODALITIES = ("both", "image", "text")
+ENCODER_CACHE_SIZE = 3
+_encoders: OrderedDict = OrderedDict()
+_lock = threading.RLock()
+
+
+def _ws(workspace) -> Workspace:
+    return workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+
+
+def _store(workspace):
+    from core.data.store import Store
+
+    return Store(_ws(workspace))
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise WorkbenchError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+
+
+# --------------------------------------------------------------------------------------------- runs
+def run_info(workspace, run: str) -> dict:
+    folder = _ws(workspace).run_dir(run)
+    try:
+        info = json.loads((folder / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise WorkbenchError(f"unknown run '{run}' (no {folder / 'run.json'})") from None
+    info["has_weights"] = (folder / "model.safetensors").exists()
+    return info
+
+
+def list_runs(workspace) -> list[dict]:
+    runs = []
+    for folder in sorted(_ws(workspace).runs_dir.iterdir()) if _ws(workspace).runs_dir.exists() else []:
+        if (folder / "run.json").exists():
+            try:
+                runs.append(run_info(workspace, folder.name))
+            except WorkbenchError:
+                continue
+    return runs
+
+
+def encoder_fingerprint(workspace, name: str) -> str:
+    """Changes whenever the encoder's weights do (a run's latest checkpoint), so caches keyed on it stay true."""
+    if name in ZERO_SHOT:
+        return f"{name}/v{ZERO_SHOT_VERSION}"
+    weights = _ws(workspace).run_dir(name) / "model.safetensors"
+    if not weights.exists():
+        known = ", ".join([r["run"] for r in list_runs(workspace)] + list(ZERO_SHOT))
+        raise WorkbenchError(f"unknown run or baseline '{name}' (no weights at {weights}; known: {known})")
+    stat = weights.stat()
+    return f"{name}/{stat.st_size}/{stat.st_mtime_ns}"
+
+
+def list_variants(workspace, dataset: str) -> list[dict]:
+    """Finished runs trained on `dataset` first (newest first), then the four zero-shot baselines."""
+    rows = []
+    for info in sorted(list_runs(workspace), key=lambda r: r.get("updated_at", ""), reverse=True):
+        if info.get("dataset") != dataset or info.get("status") != "finished" or not info["has_weights"]:
+            continue
+        rows.append({"name": info["run"], "kind": "run", "variant": info.get("variant"), "dataset": dataset,
+                     "steps": info.get("step"), "status": info.get("status")})
+    for name in ZERO_SHOT:
+        rows.append({"name": name, "kind": "zero-shot", "variant": name, "dataset": dataset, "steps": 0,
+                     "status": "ready"})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- encoders
+def load_encoder(workspace, name: str):
+    """A run's NoteEncoder or a zero-shot encoder, kept in an in-process LRU of a few."""
+    from core.runtime import configure_threads, resolve_device
+
+    ws = _ws(workspace)
+    fingerprint = encoder_fingerprint(ws, name)
+    key = (str(ws.root), name)
+    with _lock:
+        cached = _encoders.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            _encoders.move_to_end(key)
+            return cached[1]
+        configure_threads()
+        device = resolve_device("auto")
+        if name in ZERO_SHOT:
+            encoder = load_zero_shot(name, device, ws.root)
+        else:
+            from core.models.note_encoder import NoteEncoder
+
+            encoder = NoteEncoder.from_pretrained(ws.run_dir(name), device=device)
+            encoder.eval()
+        _encoders[key] = (fingerprint, encoder)
+        _encoders.move_to_end(key)
+        while len(_encoders) > ENCODER_CACHE_SIZE:
+            _encoders.popitem(last=False)
+        return encoder
+
+
+def encode(workspace, name: str, notes: Sequence[Note], modality: str = "both", batch_size: int = 32,
+           progress: Progress | None = None) -> np.ndarray:
+    """Vectors of arbitrary notes (not cached): e.g. one note composed in the UI."""
+    from core.encode import encode_notes
+
+    _check_modality(modality)
+    encoder = load_encoder(workspace, name)
+    with _lock:
+        return encode_notes(encoder, list(notes), batch_size, modality, progress, workspace_root=_ws(workspace).root)
+
+
+def _vector_cache(workspace, name: str, dataset: str, modality: str):
+    from core.encode import VectorCache
+
+    ws = _ws(workspace)
+    return VectorCache(ws.indexes_dir / name / dataset, modality, encoder_fingerprint(ws, name))
+
+
+def note_vectors(workspace, name: str, dataset: str, notes: Sequence[Note], modality: str = "both",
+                 progress: Progress | None = None) -> np.ndarray:
+    """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
+    _check_modality(modality)
+    cache = _vector_cache(workspace, name, dataset, modality)
+    return cache.vectors(list(notes), lambda todo, p: encode(workspace, name, todo, modality, progress=p), progress)
+
+
+def dataset_vectors(workspace, name: str, dataset: str, modality: str = "both",
+                    progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
+    """(note ids in store order, (N, d) float32) for a whole dataset; cached on disk."""
+    notes = _store(workspace).notes(dataset)
+    return [n.note_id for n in notes], note_vectors(workspace, name, dataset, notes, modality, progress)
+
+
+# ---------------------------------------------------------------------------------------- neighbours
+def neighbors(workspace, name: str, dataset: str, note_id: str | None = None, query: Note | None = None,
+              k: int = 10, modality: str = "both", seed: int = 0) -> list[dict]:
+    """The k nearest notes of a stored note (`note_id`) or of a composed `query` Note (image: PIL or path).
+
+    Each row {"note_id", "score", "rank"} (rank from 1); the query note itself is excluded; equal scores are
+    ordered by a seeded random order, not by position."""
+    from core.index import VectorIndex
+
+    if (note_id is None) == (query is None):
+        raise WorkbenchError("give either note_id or query")
+    if k < 1:
+        raise WorkbenchError("k must be at least 1")
+    ids, matrix = dataset_vectors(workspace, name, dataset, modality)
+    if query is not None:
+        if isinstance(query, dict):
+            query = Note.from_dict(query)
+        vector = encode(workspace, name, [query], modality)[0]
+        exclude = {query.note_id} if query.note_id else set()
+    else:
+        note_id = str(note_id)
+        if note_id not in ids:
+            raise WorkbenchError(f"dataset '{dataset}' has no note '{note_id}'")
+        vector = matrix[ids.index(note_id)]
+        exclude = {note_id}
+    index = VectorIndex(ids, matrix, seed=seed)
+    hits = index.search(vector[None], k, exclude=[exclude])[0]
+    return [{"note_id": hit, "score": score, "rank": rank} for rank, (hit, score) in enumerate(hits, 1)]
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def split_for(workspace, name: str, dataset: str):
+    """The test split a variant is evaluated on: a run's own (seed, fraction) when it was trained on this
+    dataset, otherwise the default (seed 0, 20%), so zero-shot and trained variants share one split."""
+    from core.data.splits import split_dataset
+
+    seed, fraction = 0, 0.2
+    if name not in ZERO_SHOT:
+        info = run_info(workspace, name)
+        if info.get("dataset") == dataset:
+            seed, fraction = info.get("split_seed", 0), info.get("test_fraction", 0.2)
+    return split_dataset(_store(workspace), dataset, fraction, seed)
+
+
+def _dataset_fingerprint(store, dataset: str) -> str:
+    info = store.dataset(dataset)
+    pairs = store.pairs(dataset)
+    digest = hashlib.sha1(json.dumps([info.notes, info.created_at, pairs]).encode()).hexdigest()[:16]
+    return digest
+
+
+def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", modality: str = "both",
+                     seed: int = 0, progress: Progress | None = None, use_cache: bool = True) -> dict:
+    """The evaluation JSON (NOTELLM2.md "Evaluation"): recall@k, its bootstrap interval, length subsets."""
+    from core.evaluate import evaluate_vectors
+
+    _check_modality(modality)
+    if split not in ("test", "train", "all"):
+        raise WorkbenchError(f"unknown split {split!r}; choose test, train or all")
+    ws = _ws(workspace)
+    store = _store(ws)
+    fingerprint = encoder_fingerprint(ws, name)
+    data_fp = _dataset_fingerprint(store, dataset)
+    cache_file = ws.indexes_dir / name / dataset / f"eval-{split}-{modality}-{seed}.json"
+    if use_cache and cache_file.exists():
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached.get("_fingerprint") == [fingerprint, data_fp]:
+                cached.pop("_fingerprint")
+                return cached
+        except (OSError, json.JSONDecodeError):
+            pass
+    parts = split_for(ws, name, dataset)
+    if split == "test":
+        pairs, note_ids, subsets = parts.test_pairs, parts.test_note_ids, parts.subsets()
+    elif split == "train":
+        pairs, note_ids, subsets = parts.train_pairs, [n for n in parts.train_note_ids], {}
+    else:
+        pairs = store.pairs(dataset)
+        note_ids, subsets = list(dict.fromkeys(n for pair in pairs for n in pair)), {}
+    if not pairs:
+        raise WorkbenchError(f"dataset '{dataset}' has no {split} pairs to evaluate on")
+    paired = {n for pair in pairs for n in pair}
+    note_ids = [n for n in note_ids if n in paired]
+    notes = store.notes(dataset, note_ids)
+    vectors = note_vectors(ws, name, dataset, notes, modality, progress)
+    result = {"variant": name, "dataset": dataset, "split": split, "modality": modality,
+              "split_seed": parts.seed, "test_fraction": parts.test_fraction}
+    result.update(evaluate_vectors(([n.note_id for n in notes], vectors), pairs, subsets,
+                                   [n.note_id for n in notes], seed=seed))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    from core.train.checkpoint import write_json_atomic
+
+    write_json_atomic(cache_file, {**result, "_fingerprint": [fingerprint, data_fp]})
+    return result
+
+
+def evaluation_table(workspace, dataset: str, names: Sequence[str], modalities=MODALITIES, split: str = "test",
+                     seed: int = 0, progress: Progress | None = None):
+    """pandas DataFrame: one row per variant x subset x modality, columns queries, recall@k, and the Recall@10
+    interval on the "all" rows. Each cell comes from the per-(checkpoint, dataset) evaluation cache."""
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        for modality in modalities:
+            result = evaluate_variant(workspace, name, dataset, split, modality, seed, progress)
+            recalls = {k: v for k, v in result.items() if k.startswith("recall@") and not k.endswith("ci95")}
+            low, high = result.get("recall@10_ci95", [None, None])
+            rows.append({"variant": name, "split": "all", "modality": modality, "queries": result["queries"],
+                         "pool": result["pool"], **recalls, "recall@10_low": low, "recall@10_high": high})
+            for subset, figures in result.get("subsets", {}).items():
+                rows.append({"variant": name, "split": subset, "modality": modality, "pool": result["pool"],
+                             **figures})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------- jobs
+_FLAG_TYPES = (bool, int, float, str)
+
+
+def _override_flags(overrides: dict) -> list[str]:
+    flags = []
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        flags += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
+def start_training(workspace, dataset: str, variant: str, run: str, preset: str = "cpu", steps: int = 100,
+                   **overrides) -> str:
+    """Check the request now (clear errors in the UI), then train in a worker process; returns the job id."""
+    from core.jobs import start_job
+    from core.train.trainer import Trainer, preset_configs
+
+    ws = _ws(workspace)
+    Trainer.check_run_name(run)
+    train_defaults, _ = preset_configs(preset, variant, **overrides)
+    store = _store(ws)
+    if not store.has_dataset(dataset):
+        store.notes(dataset)  # raises the store's "unknown dataset" message
+    if not store.pairs(dataset):
+        raise WorkbenchError(f"dataset '{dataset}' has no pairs: training needs related pairs (pairs.csv)")
+    folder = ws.run_dir(run)
+    if folder.exists() and any(folder.iterdir()):
+        raise WorkbenchError(f"run '{run}' exists already; resume it or choose another name")
+    argv = ["train", "--dataset", dataset, "--variant", variant, "--run", run, "--preset", preset,
+            "--steps", str(int(steps)), *_override_flags(overrides)]
+    return start_job(ws, "train", argv, run=run, dataset=dataset, total=int(steps))
+
+
+def resume_training(workspace, run: str) -> str:
+    from core.jobs import start_job
+
+    info = run_info(workspace, run)
+    if info.get("status") == "finished":
+        raise WorkbenchError(f"run '{run}' is finished already")
+    return start_job(workspace, "train", ["train", "--run", run, "--resume"], run=run,
+                     dataset=info.get("dataset", ""), total=int(info["train"]["steps"]))
+
+
+def start_encoding(workspace, name: str, dataset: str, modality: str = "both") -> str:
+    """Encode a whole dataset into the vector cache in a worker process."""
+    from core.jobs import start_job
+
+    _check_modality(modality)
+    encoder_fingerprint(workspace, name)
+    _store(workspace).notes(dataset)[:0]
+    return start_job(workspace, "encode", ["encode", "--run", name, "--dataset", dataset, "--modality", modality],
+                     run=name, dataset=dataset)
+
+
+def cancel_job(workspace, job_id: str) -> None:
+    from core.jobs import cancel
+
+    cancel(workspace, job_id)
+
+
+def job_status(workspace, job_id: str) -> dict:
+    from core.jobs import get_job
+
+    return get_job(workspace, job_id)
+
+
+def list_jobs(workspace) -> list[dict]:
+    from core.jobs import list_jobs as _list
+
+    return _list(workspace)
+
+
+def run_events(workspace, run: str) -> list[dict]:
+    from core.train.trainer import read_events
+
+    folder = _ws(workspace).run_dir(run)
+    if not folder.exists():
+        raise WorkbenchError(f"unknown run '{run}'")
+    return read_events(folder)
