@@ -11,6 +11,7 @@ from core.errors import WorkbenchError
 COMMAND_MODULES = [
     "core.models.commands",
     "core.data.commands",
+    "core.engine_commands",
 ]
 
 
