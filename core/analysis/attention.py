@@ -45,15 +45,18 @@ def token_to_patch_map(model, vision) -> np.ndarray:
     return mapping
 
 
-def heat_overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The heat map stretched over the whole picture (bilinear), coloured black-red-yellow-white, blended."""
-    peak = float(heatmap.max())
-    scaled = heatmap / peak if peak > 0 else heatmap
+def heat_overlay(image: Image.Image, heatmap: np.ndarray, strength: float = 0.7) -> Image.Image:
+    """The heat map stretched over the whole picture (bilinear) and painted on it for the eye: contrast-stretched
+    from its minimum to its maximum, coloured red (low) to yellow (high) with an opacity that grows with the
+    value, so cold regions leave the picture visible. The numbers live in `heatmap`; this is only a view."""
+    low, high = float(heatmap.min()), float(heatmap.max())
+    scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
     grey = Image.fromarray(np.uint8(np.clip(scaled, 0, 1) * 255)).resize(image.size, Image.BILINEAR)
-    value = np.asarray(grey, dtype=np.float32) / 255.0
-    colour = np.stack([np.clip(3 * value, 0, 1), np.clip(3 * value - 1, 0, 1), np.clip(3 * value - 2, 0, 1)], -1)
-    coloured = Image.fromarray(np.uint8(colour * 255))
-    return Image.blend(image.convert("RGB"), coloured, alpha)
+    value = np.asarray(grey, dtype=np.float32)[..., None] / 255.0
+    colour = np.concatenate([np.ones_like(value), np.clip(2 * value - 1, 0, 1), np.zeros_like(value)], -1) * 255
+    alpha = strength * (0.15 + 0.85 * value)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(np.uint8(np.clip(base * (1 - alpha) + colour * alpha, 0, 255)))
 
 
 def image_attention(model, note: Note, image_size: int | tuple[int, int] | None = None,
