@@ -43,10 +43,12 @@ class ZeroShotText:
         from core.models import provision
 
         self.model = SentenceTransformer(str(provision.minilm_folder()), device=str(device))
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = dimension()
 
     def encode(self, notes: Sequence[Note], batch_size: int = 32, modality: str = "both", progress=None) -> np.ndarray:
         texts = ["" if modality == "image" else note_text(note) for note in notes]
-        out = np.zeros((len(texts), self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
             out[start:start + len(chunk)] = self.model.encode(chunk, batch_size=batch_size, normalize_embeddings=True,

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", help="dataset name (see `datasets`)")
     p.add_argument("--variant", help="text, basic, micl, late, basic+late, micl+late")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
-    p.add_argument("--run", required=True, help="run name: the folder WORKSPACE/runs/RUN")
+    # --run-name is the same option: under torchrun, `--run` is refused as an ambiguous prefix of its --run-path.
+    p.add_argument("--run", "--run-name", dest="run", required=True, help="run name: the folder WORKSPACE/runs/RUN")
     p.add_argument("--preset", default="cpu", choices=PRESETS, help="tiny: random tiny backbones; cpu: the CPU "
                    "pilot recipe (LoRA); reference: the paper's recipe (full fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")

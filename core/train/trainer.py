@@ -494,7 +494,7 @@ class Trainer:
                                workspace_root=self.workspace.root)
         model.train()
         result = evaluate_vectors((ids, vectors), split.test_pairs, split.subsets(), ids, seed=0)
-        keep = {k: v for k, v in result.items() if k.startswith("recall@") or k in ("queries", "pool")}
+        keep = {k: v for k, v in result.items() if k.startswith("recall@") or k in ("queries", "pool", "mean_rank")}
         return keep
 
     # ------------------------------------------------------------------------------------- records

@@ -1,0 +1,66 @@
+"""The service functions the app calls, on a tiny trained run."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import service
+from core.data.schema import Note
+from core.encode import VectorCache
+from core.train.trainer import train
+from tests.unit.engine_fixtures import import_learnable
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service") / "ws"
+    root.mkdir()
+    import_learnable(root, "toy")
+    train(root, "toy", "micl+late", "tiny-run", preset="tiny", steps=3, eval_every=0, test_fraction=0.3)
+    return root
+
+
+def test_variants_list_runs_first_then_zero_shot(workspace):
+    names = [row["name"] for row in service.list_variants(workspace, "toy")]
+    assert names == ["tiny-run", "zs-text", "zs-image", "zs-concat", "zs-llm"]
+    assert service.list_variants(workspace, "other")[0]["kind"] == "zero-shot"
+
+
+def test_vectors_are_cached_and_a_new_note_is_encoded_alone(workspace, monkeypatch):
+    ids, matrix = service.dataset_vectors(workspace, "tiny-run", "toy")
+    assert matrix.shape == (len(ids), 16) and np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-4)
+    encoded = []
+    original = service.encode
+
+    def counting(workspace_, name, notes, *args, **kwargs):
+        encoded.append(len(notes))
+        return original(workspace_, name, notes, *args, **kwargs)
+
+    monkeypatch.setattr(service, "encode", counting)
+    again_ids, again = service.dataset_vectors(workspace, "tiny-run", "toy")
+    assert encoded == [] and again_ids == ids and np.array_equal(again, matrix)
+    notes = service._store(workspace).notes("toy") + [Note("extra", title="red bird", content="bird")]
+    more = service.note_vectors(workspace, "tiny-run", "toy", notes)
+    assert encoded == [1] and np.allclose(more[:-1], matrix)
+
+
+def test_neighbors_exclude_the_query_and_take_composed_notes(workspace):
+    rows = service.neighbors(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and "birds-0" not in [r["note_id"] for r in rows]
+    assert rows[0]["score"] >= rows[-1]["score"]
+    composed = Note("", title="bird", content="a bird", image=Image.new("RGB", (16, 16), (220, 30, 30)))
+    assert len(service.neighbors(workspace, "tiny-run", "toy", query=composed, k=3)) == 3
+
+
+def test_evaluation_json_and_table(workspace):
+    result = service.evaluate_variant(workspace, "tiny-run", "toy", modality="image")
+    for key in ("recall@1", "recall@10", "recall@50", "recall@100", "recall@10_ci95", "queries", "pool", "subsets"):
+        assert key in result
+    table = service.evaluation_table(workspace, "toy", ["tiny-run"], modalities=("both", "text"))
+    assert set(table["modality"]) == {"both", "text"} and "recall@10" in table.columns
+    assert {"all", "short_query", "long_target"} <= set(table["split"])
+
+
+def test_zero_shot_text_baseline_evaluates_like_a_run(workspace):
+    result = service.evaluate_variant(workspace, "zs-text", "toy")
+    assert result["queries"] > 0 and 0 <= result["recall@1"] <= 1
+    assert service.neighbors(workspace, "zs-text", "toy", note_id="cars-1", k=2)[0]["note_id"].startswith("cars")
