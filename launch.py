@@ -32,12 +32,13 @@ def parse_auth(value: str | None):
     return (user, password)
 
 
-def serve(workspace=None, host="127.0.0.1", port=7860, share=False, auth=None, block=True):
+def serve(workspace=None, host="127.0.0.1", port=7860, share=False, auth=None, block=True, backend=None):
     from app.backend import Backend
     from app.main import build_app, launch_kwargs
 
-    backend = Backend(workspace)
-    backend.start_background()
+    if backend is None:
+        backend = Backend(workspace)
+        backend.start_background()
     demo = build_app(backend)
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=not block,

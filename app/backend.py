@@ -81,14 +81,16 @@ class Backend:
         """core.service functions all take the workspace first."""
         return self.call("core.service", name, self.workspace, *args, **kwargs)
 
-    def analysis(self, name: str, *args, **kwargs):
-        for module in ("core.analysis", f"core.analysis.{_ANALYSIS_MODULES.get(name, name)}"):
+    def analysis_function(self, name: str):
+        for module in (f"core.analysis.{_ANALYSIS_MODULES.get(name, name)}", "core.analysis"):
             try:
-                fn = self.function(module, name)
+                return self.function(module, name)
             except Unavailable:
                 continue
-            return fn(*args, **kwargs)
         raise Unavailable(f"`core.analysis.{name}` is not available in this checkout yet.")
+
+    def analysis(self, name: str, *args, **kwargs):
+        return self.analysis_function(name)(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------ data
     @property
@@ -185,12 +187,12 @@ class Backend:
 _ANALYSIS_MODULES = {
     "saliency_by_layer": "saliency",
     "image_attention": "attention",
-    "gate_shares": "attention",
-    "project": "projections",
-    "aligned_projections": "projections",
+    "gate_shares": "gate",
+    "project": "projection",
+    "aligned_projections": "projection",
     "compare_neighbor_lists": "compare",
     "compare_over_dataset": "compare",
-    "modality_neighbors": "compare",
+    "modality_neighbors": "modality",
 }
 
 

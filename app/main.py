@@ -59,7 +59,7 @@ def build_app(backend: Backend) -> gr.Blocks:
         with gr.Row(elem_classes=["wb-header"]):
             gr.Markdown(f"## {TITLE}\nNeighbour search, ablations and fine-tuning of multimodal note "
                         "embeddings ([NoteLLM-2](https://arxiv.org/abs/2405.16789)).", elem_classes=["wb-brand"])
-            dataset = gr.Dropdown(label="Dataset", choices=[], scale=0, min_width=220, elem_id="dataset")
+            dataset = gr.Dropdown(label="Dataset", choices=[], allow_custom_value=True, scale=0, min_width=220, elem_id="dataset")
         status = gr.Markdown(elem_id="wb-banner", elem_classes=["wb-banner"])
         startup_timer = gr.Timer(1.0, active=True)
         tabs = {}

@@ -139,15 +139,15 @@ def build(backend: Backend, dataset: gr.Dropdown):
                 elem_classes=["wb-intro"])
     with gr.Accordion("Saliency per layer (S_v, S_t, S_o)", open=True):
         with gr.Row():
-            sal_names = gr.Dropdown(label="Variants", choices=[], multiselect=True, scale=4, elem_id="attn-variants")
+            sal_names = gr.Dropdown(label="Variants", choices=[], allow_custom_value=True, multiselect=True, scale=4, elem_id="attn-variants")
             batches = gr.Slider(1, 16, value=2, step=1, label="Batches of 4 pairs", scale=2)
             sal_btn = gr.Button("Compute saliency", variant="primary", scale=1, elem_id="saliency-btn")
         sal_plot = gr.Plot(show_label=False)
         sal_text = gr.Markdown()
     with gr.Accordion("Attention over the image, and the late-fusion gate", open=True):
         with gr.Row():
-            variant = gr.Dropdown(label="Variant", choices=[], scale=2, elem_id="attn-variant")
-            note = gr.Dropdown(label="Note", choices=[], scale=3, elem_id="attn-note")
+            variant = gr.Dropdown(label="Variant", choices=[], allow_custom_value=True, scale=2, elem_id="attn-variant")
+            note = gr.Dropdown(label="Note", choices=[], allow_custom_value=True, scale=3, elem_id="attn-note")
             sample = gr.Slider(20, 600, value=120, step=20, label="Notes for the gate distribution", scale=2)
         with gr.Row():
             heat_btn = gr.Button("Show attention heat map", elem_id="heat-btn")

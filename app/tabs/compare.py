@@ -17,23 +17,25 @@ def _overlap_fallback(lists: dict[str, list[str]], k: int) -> dict:
     """Used only while core.analysis.compare_neighbor_lists is missing: plain set arithmetic on the ids."""
     names = list(lists)
     ref = set(lists[names[0]][:k]) if names else set()
-    pairwise = []
+    pairs = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             sa, sb = set(lists[a][:k]), set(lists[b][:k])
-            pairwise.append({"a": a, "b": b, "overlap": len(sa & sb) / max(k, 1),
+            pairs.append({"a": a, "b": b, "overlap": len(sa & sb) / max(k, 1),
                              "jaccard": len(sa & sb) / max(len(sa | sb), 1)})
     per = {n: {"entered": [i for i in lists[n][:k] if i not in ref],
                "left": [i for i in lists[names[0]][:k] if i not in set(lists[n][:k])]} for n in names}
-    return {"pairwise": pairwise, "per_variant": per}
+    return {"pairs": pairs, "per_variant": per}
 
 
 def _pairwise_frame(result: dict) -> pd.DataFrame:
-    rows = result.get("pairwise") or []
+    rows = result.get("pairs") or result.get("pairwise") or []
     if isinstance(rows, dict):  # {(a, b): {...}} or {"a|b": {...}}
         rows = [{"a": k[0] if isinstance(k, tuple) else str(k), **({"b": k[1]} if isinstance(k, tuple) else {}), **v}
                 for k, v in rows.items()]
     frame = pd.DataFrame(rows)
+    if "shared" in frame:
+        frame["shared"] = frame["shared"].map(lambda x: len(x) if isinstance(x, (list, tuple, set)) else x)
     for col in frame.columns:
         if frame[col].dtype.kind == "f":
             frame[col] = frame[col].round(3)
@@ -64,14 +66,11 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     target = sorted(related)[0] if related else None
     if len(lists) >= 2:
         try:
-            fn = backend.function("core.analysis", "compare_neighbor_lists") if backend.has(
-                "core.analysis", "compare_neighbor_lists") else backend.function("core.analysis.compare",
-                                                                                 "compare_neighbor_lists")
-            metrics = fn(lists, k=k, target=target)
+            metrics = backend.analysis("compare_neighbor_lists", lists, k=k, target=target)
         except Unavailable:
             metrics = _overlap_fallback(lists, k)
     else:
-        metrics = {"pairwise": [], "per_variant": {}}
+        metrics = {"pairs": [], "per_variant": {}}
     per = metrics.get("per_variant") or {n: metrics.get(n, {}) for n in lists}
 
     reference = names[0]
@@ -117,8 +116,8 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     return query_card(query), side, frame, summary
 
 
-def recall_table(backend: Backend, dataset, names, split, progress=gr.Progress()):
-    """Recall@k of the chosen variants, every modality; (table, markdown)."""
+def recall_table(backend: Backend, dataset, names, subset, progress=gr.Progress()):
+    """Recall@k of the chosen variants on the test split, every modality; (table, markdown)."""
     if not dataset:
         return pd.DataFrame(), "Pick a dataset."
     names = [n for n in (names or []) if n]
@@ -126,27 +125,49 @@ def recall_table(backend: Backend, dataset, names, split, progress=gr.Progress()
         return pd.DataFrame(), "Choose the variants to evaluate."
     fn = backend.function("core.service", "evaluation_table")
     kwargs = {"modalities": ("both", "image", "text")}
-    params = inspect.signature(fn).parameters
-    if "split" in params:
-        kwargs["split"] = split
-    if "progress" in params:
-        kwargs["progress"] = lambda done, total, msg="": progress((done, max(total, 1)), desc=msg)
-    progress(0, desc=f"evaluating {len(names)} variants × 3 modalities (vectors are cached after the first time)")
+    if "progress" in inspect.signature(fn).parameters:
+        kwargs["progress"] = lambda done, total, *rest: progress((done, max(total, 1)), desc="encoding test notes")
+    progress(0, desc=f"evaluating {len(names)} variants × 3 modalities (cached after the first time)")
     frame = fn(backend.workspace, dataset, names, **kwargs)
-    frame = frame.reset_index() if not isinstance(frame.index, pd.RangeIndex) else frame
-    for col in frame.columns:
-        if frame[col].dtype.kind == "f":
-            frame[col] = frame[col].round(3)
-    note = ("Recall@k is the share of test queries whose one target is in the top k (ties broken at random, seeded). "
-            "Intervals are 95% bootstrap intervals where core reports them: differences inside them are noise. "
-            "*image* = text emptied, *text* = image zeroed.")
-    return frame, note
+    return format_recall(backend, dataset, frame, subset), RECALL_NOTE
+
+
+RECALL_NOTE = ("Recall@k = share of test queries whose one target is in the top k (ties broken at random, seeded); "
+               "[low, high] = 95% bootstrap interval: differences inside it are noise. Modality *image* = text "
+               "emptied, *text* = image zeroed. Trained runs use their own test split, zero-shot baselines the "
+               "default one (seed 0, 20%).")
+
+
+def format_recall(backend: Backend, dataset, frame: pd.DataFrame, subset: str = "all") -> pd.DataFrame:
+    """One row per variant x modality: counts, Recall@10 with its interval, then the other k as percentages."""
+    if frame is None or not len(frame):
+        return pd.DataFrame()
+    if "split" in frame:
+        frame = frame[frame["split"] == (subset or "all")]
+    ks = sorted({c for c in frame.columns if c.startswith("recall@") and c.split("@")[1].isdigit()},
+                key=lambda c: int(c.split("@")[1]))
+    rows = []
+    for _, r in frame.iterrows():
+        row = {"variant": r["variant"], "what": describe(r["variant"], backend.variant_row(dataset, r["variant"])),
+               "modality": r.get("modality", ""), "queries": r.get("queries", ""), "pool": r.get("pool", "")}
+        for k in ks:
+            value = r.get(k)
+            cell = "–" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
+            if k == "recall@10" and pd.notna(r.get("recall@10_low", None)) and pd.notna(r.get("recall@10_high", None)):
+                cell += f" [{100 * r['recall@10_low']:.0f}, {100 * r['recall@10_high']:.0f}]"
+            row[k.replace("recall@", "R@")] = cell
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in ("queries", "pool"):
+        if col in out:
+            out[col] = out[col].map(lambda x: "" if x is None or (isinstance(x, float) and pd.isna(x)) else int(x))
+    return out
 
 
 def build(backend: Backend, dataset: gr.Dropdown):
     with gr.Row():
-        note = gr.Dropdown(label="Query note", choices=[], scale=3, elem_id="compare-note")
-        names = gr.Dropdown(label="Variants (2-4; the first is the reference)", choices=[], multiselect=True,
+        note = gr.Dropdown(label="Query note", choices=[], allow_custom_value=True, scale=3, elem_id="compare-note")
+        names = gr.Dropdown(label="Variants (2-4; the first is the reference)", choices=[], allow_custom_value=True, multiselect=True,
                             max_choices=MAX_VARIANTS, scale=4, elem_id="compare-variants")
         modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
         k = gr.Slider(3, 30, value=10, step=1, label="k", scale=1)
@@ -159,9 +180,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
                            interactive=False, max_height=220, elem_id="compare-overlap")
     gr.Markdown("### Recall@k of all variants on this dataset")
     with gr.Row():
-        eval_names = gr.Dropdown(label="Variants to evaluate", choices=[], multiselect=True, scale=4)
+        eval_names = gr.Dropdown(label="Variants to evaluate", choices=[], allow_custom_value=True, multiselect=True, scale=4)
         split = gr.Dropdown(["all", "short_query", "long_query", "short_target", "long_target"], value="all",
-                            label="Test subset", scale=2)
+                            label="Test pairs (short/long: text length vs the median)", scale=2)
         eval_btn = gr.Button("Compute Recall@k table", scale=1, elem_id="eval-btn")
     eval_note = gr.Markdown()
     table = gr.Dataframe(label="Recall@k", interactive=False, wrap=True, elem_id="recall-table")

@@ -174,7 +174,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
                                 wrap=True, max_height=240)
     gr.Markdown("### Browse")
     with gr.Row():
-        category = gr.Dropdown(label="Category", choices=[ALL], value=ALL, scale=2)
+        category = gr.Dropdown(label="Category", choices=[ALL], value=ALL, allow_custom_value=True, scale=2)
         text = gr.Textbox(label="Search title / text / topics", scale=2)
         page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
     caption = gr.Markdown()

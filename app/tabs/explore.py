@@ -154,7 +154,7 @@ def select(backend: Backend, state: dict | None, colour_by, note_id, k=8):
 def build(backend: Backend, dataset: gr.Dropdown):
     state = gr.State(None)
     with gr.Row():
-        names = gr.Dropdown(label="One or two variants (two: maps aligned to each other)", choices=[],
+        names = gr.Dropdown(label="One or two variants (two: maps aligned to each other)", choices=[], allow_custom_value=True,
                             multiselect=True, max_choices=2, scale=4, elem_id="explore-variants")
         modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
         colour_by = gr.Radio(["category", "target hit"], value="category", label="Colour by", scale=2)
@@ -162,7 +162,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
     status = gr.Markdown("Hover a point for its title; click it (or pick it below) to see its neighbours.",
                          elem_classes=["wb-small"])
     plot = gr.Plot(show_label=False, elem_id="explore-map")
-    note = gr.Dropdown(label="Selected note", choices=[], elem_id="explore-note")
+    note = gr.Dropdown(label="Selected note", choices=[], allow_custom_value=True, elem_id="explore-note")
     clicked = gr.Textbox(elem_id="explore-click", elem_classes=["wb-hidden"], show_label=False, container=False)
     near = gr.HTML(elem_id="explore-neighbours")
 

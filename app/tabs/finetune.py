@@ -19,7 +19,7 @@ PRESETS = {
     "cpu": "offline SmolLM2-135M + EfficientNet-Lite0, LoRA on the LLM: about 5 s per step on 2 CPU cores",
     "reference": "the paper's recipe (full fine-tuning, lr 3e-6, bf16): for GPUs and large data",
 }
-ACTIVE = ("queued", "pending", "starting", "running")
+ACTIVE = ("queued", "running")  # core.jobs.ACTIVE
 POLL_S = 1.5
 
 
@@ -36,7 +36,7 @@ def default_run_name(variant: str, dataset) -> str:
 
 def overrides_from(backend: Backend, batch, lr_llm, lr_new, llm, vision, lora) -> dict:
     """Only what the user set; empty fields keep the preset's value. Names follow core's start_training."""
-    wanted = {"batch_pairs": int(batch) if batch else None, "lr": float(lr_llm) if lr_llm else None,
+    wanted = {"batch_pairs": int(batch) if batch else None, "lr_llm": float(lr_llm) if lr_llm else None,
               "lr_new": float(lr_new) if lr_new else None, "llm": (llm or "").strip() or None,
               "vision": (vision or "").strip() or None}
     if lora in ("lora", "full", "frozen"):
@@ -71,7 +71,8 @@ def latest_job(backend: Backend) -> dict | None:
     if not jobs:
         return None
     running = [j for j in jobs if j.get("state") in ACTIVE]
-    return (running or jobs)[-1] if not running else running[-1]
+    newest = lambda rows: max(rows, key=lambda j: (j.get("created_at") or "", j.get("job_id") or ""))
+    return newest(running or jobs)
 
 
 def progress_html(status: dict | None) -> str:
@@ -120,11 +121,11 @@ def poll(backend: Backend, job_id, last_state):
         log = "\n".join(map(str, log))
     active = state in ACTIVE
     if last_state in ACTIVE and not active:
-        if state in ("done", "finished", "completed", "succeeded"):
+        if state == "finished":
             gr.Info(f"Run '{status.get('run')}' finished: it is now a variant in every tab.")
         else:
             gr.Warning(f"Run '{status.get('run')}' {state}: {status.get('message') or ''}"[:200])
-    resumable = state in ("cancelled", "canceled", "stopped", "failed", "interrupted")
+    resumable = state in ("cancelled", "failed")
     return (progress_html(status), curves(events), log, state, gr.Timer(active=active),
             gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
 

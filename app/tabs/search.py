@@ -65,13 +65,13 @@ def build(backend: Backend, dataset: gr.Dropdown):
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             source = gr.Radio([FROM_DATASET, COMPOSE], value=FROM_DATASET, label="Query", elem_id="search-source")
-            note = gr.Dropdown(label="Note (type to filter by title)", choices=[], elem_id="search-note")
+            note = gr.Dropdown(label="Note (type to filter by title)", choices=[], allow_custom_value=True, elem_id="search-note")
             with gr.Group(visible=False) as compose_box:
                 title = gr.Textbox(label="Title", elem_id="compose-title")
                 content = gr.Textbox(label="Text", lines=3)
                 topics = gr.Textbox(label="Topics (comma separated)")
                 image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=180)
-            variant = gr.Dropdown(label="Variant", choices=[], elem_id="search-variant")
+            variant = gr.Dropdown(label="Variant", choices=[], allow_custom_value=True, elem_id="search-variant")
             variant_info = gr.Markdown(elem_classes=["wb-small"])
             modality = gr.Radio(MODALITIES, value="both", label="Modality of the query and candidates",
                                 elem_id="search-modality")
