@@ -252,7 +252,8 @@ class Trainer:
         if config.batch_pairs < 2:
             raise WorkbenchError("--batch-pairs must be at least 2 (in-batch negatives need another pair)")
         device = resolve_device(config.device)
-        configure_threads()
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            configure_threads()  # under torchrun the processes share the cores: keep its OMP_NUM_THREADS
         accelerator = None
         try:
             accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")

@@ -29,7 +29,7 @@ def test_hand_made_ranking_gives_hand_computed_recalls():
     test_ids = ["q1", "t1", "q2", "t2", "q3", "t3", "x1", "x2"]
     result = evaluate_vectors(vectors, pairs, test_note_ids=test_ids)
     assert (result["queries"], result["pool"]) == (3, 5)
-    # Ranks by hand: q1 -> t1 first (1); q2 -> x1 0.80, t2 0.71 (2); q3 -> x2 .93, x1 .6, t2 .49, t1 .1... t3 .1.
+    # Ranks by hand: q1's target first, q2's second (x1 scores 0.80 against t2's 0.71), q3's fourth.
     pool = ["t1", "t2", "t3", "x1", "x2"]
     for q, t, expected_rank in [("q1", "t1", 1), ("q2", "t2", 2)]:
         scores = {p: float(vectors[q] @ vectors[p]) for p in pool}
