@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "core.models.commands",
     "core.data.commands",
     "core.engine_commands",
+    "core.reproduce",
 ]
 
 

@@ -1,0 +1,146 @@
+"""RESULTS.md and its plots from the reproduction's numbers. The claims are stated in advance and judged by
+the numbers, whichever way they come out; differences smaller than the spread across seeds are called so."""
+from __future__ import annotations
+
+import os
+import shlex
+
+MAIN_METRIC = "recall@10"
+
+
+def _cell(ablation, variant, split="all", modality="both", metric=MAIN_METRIC):
+    try:
+        entry = ablation[variant][split][modality][metric]
+    except KeyError:
+        return None, None
+    return entry["mean"], entry["std"]
+
+
+def _fmt(mean, std=None):
+    if mean is None:
+        return "–"
+    text = f"{100 * mean:.1f}"
+    return text + (f" ± {100 * std:.1f}" if std else "")
+
+
+def _claims(ablation) -> list[str]:
+    lines = []
+    both, _ = _cell(ablation, "basic")
+    text_only, _ = _cell(ablation, "basic", modality="text")
+    image_only, _ = _cell(ablation, "basic", modality="image")
+    if None not in (both, text_only, image_only):
+        neglect = (both - text_only) < 0.5 * (both - image_only)
+        lines.append(f"1. **`basic` neglects the image**: full {_fmt(both)}, text only {_fmt(text_only)}, image only "
+                     f"{_fmt(image_only)} (Recall@10). "
+                     + ("Holds: removing the image costs far less than removing the text."
+                        if neglect else "Does not hold here: the image carries weight in `basic`."))
+    basic, basic_std = _cell(ablation, "basic")
+    for variant in ("micl", "basic+late", "late", "micl+late"):
+        mean, std = _cell(ablation, variant)
+        if mean is None or basic is None:
+            continue
+        spread = max(basic_std or 0, std or 0)
+        verdict = ("better than" if mean - basic > spread else "worse than" if basic - mean > spread
+                   else "within the seed spread of")
+        lines.append(f"2. `{variant}` vs `basic`: {_fmt(mean, std)} vs {_fmt(basic, basic_std)}: {verdict} `basic`.")
+    trained = {v: _cell(ablation, v)[0] for v in ("text", "basic", "micl", "late", "basic+late", "micl+late")}
+    trained = {v: m for v, m in trained.items() if m is not None}
+    if trained:
+        best = max(trained, key=trained.get)
+        lines.append(f"3. Best trained variant on Recall@10 (all pairs, both modalities): `{best}` ({_fmt(trained[best])}); "
+                     + ("`micl+late` is best, as the paper claims." if best == "micl+late"
+                        else "`micl+late` is not the best here."))
+    nl2, nl2_std = _cell(ablation, "micl+late")
+    concat, _ = _cell(ablation, "zs-concat")
+    if None not in (nl2, concat):
+        lines.append(f"4. `micl+late` {_fmt(nl2, nl2_std)} vs the zero-shot `zs-concat` {_fmt(concat)}: "
+                     f"{'+' if nl2 >= concat else ''}{100 * (nl2 - concat):.1f} points.")
+    return lines
+
+
+def _plots(plan, ablation, saliency) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = list(ablation)
+    figure, axis = plt.subplots(figsize=(10, 4))
+    width = 0.27
+    for offset, modality in enumerate(("both", "text", "image")):
+        means = [(_cell(ablation, name, modality=modality)[0] or 0) * 100 for name in names]
+        stds = [(_cell(ablation, name, modality=modality)[1] or 0) * 100 for name in names]
+        axis.bar([i + (offset - 1) * width for i in range(len(names))], means, width, yerr=stds, label=modality)
+    axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axis.set_ylabel("Recall@10 (%)")
+    axis.set_title(f"{plan.dataset}: Recall@10 by variant and evaluated modality")
+    axis.legend(title="modality")
+    figure.tight_layout()
+    path = plan.results_dir / "recall_by_modality.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    written.append(path.name)
+    if saliency:
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for variant, rows in saliency.items():
+            layers = [row["layer"] for row in rows]
+            axes[0].plot(layers, [row["S_v"] for row in rows], marker="o", label=variant)
+            axes[1].plot(layers, [row["S_v"] / max(row["S_t"], 1e-12) for row in rows], marker="o", label=variant)
+        axes[0].set_title("S_v: final token -> image tokens")
+        axes[1].set_title("S_v / S_t")
+        for axis in axes:
+            axis.set_xlabel("layer")
+            axis.legend()
+        figure.tight_layout()
+        path = plan.results_dir / "saliency_by_layer.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path.name)
+    return written
+
+
+def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float) -> None:
+    plots = _plots(plan, ablation, saliency)
+    lines = [
+        f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
+        "",
+        f"Dataset `{plan.dataset}`; preset `{plan.preset}`, {plan.steps} steps of {plan.batch_pairs} pairs for every "
+        f"variant; seeds {list(plan.main_seeds)} for `basic` and `micl+late`, {list(plan.other_seeds)} for the rest. "
+        f"Whole run: {elapsed_s / 60:.0f} minutes. Figures are Recall@k in percent (mean ± std over seeds).",
+        "",
+        "Rerun: `make reproduce` (or `python -m core reproduce --dataset "
+        f"{shlex.quote(plan.dataset)} --steps {plan.steps} --preset {plan.preset}`). Finished runs are reused.",
+        "",
+        "## Claims",
+        "",
+        *_claims(ablation),
+        "",
+        "## Recall@10 / @50 / @100, all test pairs",
+        "",
+        "| variant | both | text only | image only | R@50 both | R@100 both |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ablation:
+        lines.append(f"| `{name}` | " + " | ".join([
+            _fmt(*_cell(ablation, name)), _fmt(*_cell(ablation, name, modality="text")),
+            _fmt(*_cell(ablation, name, modality="image")), _fmt(*_cell(ablation, name, metric="recall@50")),
+            _fmt(*_cell(ablation, name, metric="recall@100"))]) + " |")
+    lines += ["", "## Recall@10 by split (both modalities)", "",
+              "| variant | all | short query | long query | short target | long target |", "|---|---|---|---|---|---|"]
+    for name in ablation:
+        lines.append(f"| `{name}` | " + " | ".join(
+            _fmt(*_cell(ablation, name, split=split)) for split in
+            ("all", "short_query", "long_query", "short_target", "long_target")) + " |")
+    if saliency:
+        lines += ["", "## Saliency per layer (NOTELLM2.md, 'Visual neglect')", "",
+                  "| variant | mean S_v | mean S_t | mean S_o | S_v / S_t |", "|---|---|---|---|---|"]
+        for variant, rows in saliency.items():
+            mean = lambda key: sum(row[key] for row in rows) / max(len(rows), 1)
+            lines.append(f"| `{variant}` | {mean('S_v'):.3g} | {mean('S_t'):.3g} | {mean('S_o'):.3g} | "
+                         f"{mean('S_v') / max(mean('S_t'), 1e-12):.3f} |")
+    folder = os.path.relpath(plan.results_dir, plan.report_path.parent)
+    lines += ["", *[f"![{name}]({folder}/{name})" for name in plots], "",
+              f"Machine-readable: `{folder}/ablation.json` (variant -> split -> modality -> metric, with seeds) and "
+              f"`{folder}/saliency.json`.", ""]
+    plan.report_path.write_text("\n".join(lines))
