@@ -123,6 +123,8 @@ class Backend:
     # ------------------------------------------------------------------------------------ variants
     def variants(self, dataset: str | None) -> list[dict]:
         """Everything a view can show for a dataset: finished runs first, then zero-shot baselines."""
+        if not dataset:
+            return []
         try:
             rows = list(self.service("list_variants", dataset))
         except Unavailable:

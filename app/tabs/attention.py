@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, Unavailable, message
 from app.render import esc
-from app.tabs.common import note_choices, refresh_variants
+from app.tabs.common import _default_selection, note_choices
 
 PALETTE = ["#4f6bed", "#e4572e", "#17a398", "#f3a712", "#8e6c8a", "#29335c"]
 _saliency_cache: dict[tuple, pd.DataFrame] = {}
@@ -142,7 +142,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
             sal_names = gr.Dropdown(label="Variants", choices=[], allow_custom_value=True, multiselect=True, scale=4, elem_id="attn-variants")
             batches = gr.Slider(1, 16, value=2, step=1, label="Batches of 4 pairs", scale=2)
             sal_btn = gr.Button("Compute saliency", variant="primary", scale=1, elem_id="saliency-btn")
-        sal_plot = gr.Plot(show_label=False)
+        sal_plot = gr.Plot(show_label=False, elem_id="attn-saliency")
         sal_text = gr.Markdown()
     with gr.Accordion("Attention over the image, and the late-fusion gate", open=True):
         with gr.Row():
@@ -153,10 +153,11 @@ def build(backend: Backend, dataset: gr.Dropdown):
             heat_btn = gr.Button("Show attention heat map", elem_id="heat-btn")
             gate_btn = gr.Button("Show gate shares", elem_id="gate-btn")
         with gr.Row():
-            overlay = gr.Image(label="Final token's attention over the image", height=280, interactive=False)
+            overlay = gr.Image(label="Final token's attention over the image", height=280, interactive=False,
+                               elem_id="attn-overlay")
             layer_plot = gr.Plot(show_label=False)
-        heat_text = gr.Markdown()
-        gate_plot = gr.Plot(show_label=False)
+        heat_text = gr.Markdown(elem_id="attn-heat-text")
+        gate_plot = gr.Plot(show_label=False, elem_id="attn-gates")
         gate_text = gr.Markdown()
 
     def guarded(fn, n_out):
@@ -178,8 +179,10 @@ def build(backend: Backend, dataset: gr.Dropdown):
     def refresh(ds, current_names, current_variant, current_note):
         choices = _mlrm_choices(backend, ds)
         names = [v for _, v in choices]
-        kept = [n for n in (current_names or []) if n in names] or names[:2]
-        value = current_variant if current_variant in names else (names[0] if names else None)
+        variant_of = {row["name"]: row.get("variant") or row["name"] for row in backend.variants(ds)}
+        kept = [n for n in (current_names or []) if n in names] or _default_selection(names, 2, variant_of)
+        gated = [n for n in names if "late" in variant_of.get(n, n)]  # the gate view needs late fusion
+        value = current_variant if current_variant in names else ((gated or names or [None])[0])
         try:
             notes = [c for c in note_choices(backend, ds)]
             with_image = {n.note_id for n in backend.store.notes(ds) if n.image} if ds else set()

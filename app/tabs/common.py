@@ -39,20 +39,29 @@ def refresh_variants(backend: Backend, dataset, current, multiselect: bool = Fal
     """Dropdown update that keeps the user's choice when it still exists."""
     choices = backend.variant_choices(dataset, trained_only=trained_only)
     names = [value for _, value in choices]
+    variant_of = {row["name"]: row.get("variant") or row["name"] for row in backend.variants(dataset)}
     if multiselect:
         kept = [v for v in (current or []) if v in names]
         if not kept:
-            kept = _default_selection(names, default_count)
+            kept = _default_selection(names, default_count, variant_of)
         return gr.update(choices=choices, value=kept)
-    value = current if current in names else (_default_selection(names, 1) or [None])[0]
+    value = current if current in names else (_default_selection(names, 1, variant_of) or [None])[0]
     return gr.update(choices=choices, value=value)
 
 
-def _default_selection(names: list[str], count: int) -> list[str]:
-    """Prefer trained NoteLLM-2, then other runs, then the strongest cheap baseline."""
-    order = sorted(names, key=lambda n: (0 if "micl+late" in n else 1 if not n.startswith("zs-") else
-                                         2 if n == "zs-concat" else 3, n))
-    return order[:count]
+def _default_selection(names: list[str], count: int, variant_of: dict[str, str] | None = None) -> list[str]:
+    """Prefer trained NoteLLM-2, then the basic MLRM (its ablation partner), other runs, then the strongest
+    cheap baseline; runs keep core's order (newest first)."""
+    variant_of = variant_of or {}
+
+    def rank(item):
+        position, name = item
+        variant = variant_of.get(name, name)
+        if name.startswith("zs-") and variant == name:
+            return (3 if name == "zs-concat" else 4, position)
+        return ({"micl+late": 0, "basic": 1}.get(variant, 2), position)
+
+    return [name for _, name in sorted(enumerate(names), key=rank)][:count]
 
 
 def variants_legend(backend: Backend, dataset, names) -> str:

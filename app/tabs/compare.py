@@ -176,7 +176,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         query_html = gr.HTML(elem_id="compare-query")
         summary = gr.Markdown()
     side = gr.HTML(elem_id="compare-side")
-    overlap = gr.Dataframe(label="Overlap between the lists (share of top-k in common, Jaccard, RBO)",
+    overlap = gr.Dataframe(pd.DataFrame(columns=["a", "b", "overlap", "jaccard", "rbo", "shared"]), label="Overlap between the lists (share of top-k in common, Jaccard, RBO)",
                            interactive=False, max_height=220, elem_id="compare-overlap")
     gr.Markdown("### Recall@k of all variants on this dataset")
     with gr.Row():
@@ -185,7 +185,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
                             label="Test pairs (short/long: text length vs the median)", scale=2)
         eval_btn = gr.Button("Compute Recall@k table", scale=1, elem_id="eval-btn")
     eval_note = gr.Markdown()
-    table = gr.Dataframe(label="Recall@k", interactive=False, wrap=True, elem_id="recall-table")
+    table = gr.Dataframe(pd.DataFrame(columns=["variant", "what", "modality", "queries", "pool", "R@10", "R@50",
+                                               "R@100"]), label="Recall@k (press Compute)", interactive=False,
+                         wrap=True, elem_id="recall-table")
 
     def on_compare(ds, n, v, m, kk):
         try:

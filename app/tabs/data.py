@@ -151,12 +151,13 @@ def build(backend: Backend, dataset: gr.Dropdown):
     gr.Markdown("Import notes and related pairs, check what was read, browse what is stored. "
                 "An import is all-or-nothing unless *skip bad rows* is ticked; every skipped row is listed below.",
                 elem_classes=["wb-intro"])
+    table = gr.Dataframe(label="Datasets in this workspace", interactive=False, wrap=True, max_height=200,
+                         elem_id="datasets-table")
     with gr.Row():
-        with gr.Column(scale=3):
-            summary = gr.Markdown(elem_id="data-summary")
-            cat_plot = gr.Plot(label="Categories", show_label=False)
         with gr.Column(scale=2):
-            table = gr.Dataframe(label="Datasets in this workspace", interactive=False, wrap=True, max_height=260)
+            summary = gr.Markdown(elem_id="data-summary")
+        with gr.Column(scale=3):
+            cat_plot = gr.Plot(label="Categories", show_label=False)
     with gr.Accordion("Import a dataset", open=False):
         gr.Markdown("`notes.csv` or `.jsonl` with `note_id,title,content,image[,topics][,category]` "
                     "(NoteLLM's `noteid,title,content,imgid,category` works as is); `pairs.csv` with "
@@ -176,7 +177,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
     with gr.Row():
         category = gr.Dropdown(label="Category", choices=[ALL], value=ALL, allow_custom_value=True, scale=2)
         text = gr.Textbox(label="Search title / text / topics", scale=2)
-        page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
+        page = gr.Number(label="Page", value=1, precision=0, scale=1)
     caption = gr.Markdown()
     gallery = gr.Gallery(label="Notes", columns=8, height=520, object_fit="contain", allow_preview=True,
                          elem_id="data-gallery")

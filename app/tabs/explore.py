@@ -174,8 +174,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
         except Exception as error:
             gr.Warning(message(error)[:200])
             return None, None, f"⚠️ {esc(message(error))}"
-        return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {m} · colour *target hit*: a known "
-                                         f"related note is among the note's {HIT_K} nearest (± = 95% interval).")
+        return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {m}. *Target hit* = a known related note "
+                                         f"is among the note's {HIT_K} nearest; the rate over titles is ± a 95% "
+                                         "interval. Click a point (or pick it below) for its neighbours.")
 
     run.click(on_run, [dataset, names, modality, colour_by], [state, plot, status], api_name="explore_map")
 

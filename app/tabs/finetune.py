@@ -54,6 +54,10 @@ def overrides_from(backend: Backend, batch, lr_llm, lr_new, llm, vision, lora) -
 def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision, lora):
     if not dataset:
         raise gr.Error("Choose a dataset (import one in the Data tab).")
+    if not steps or int(steps) < 1:
+        raise gr.Error("Steps must be a whole number of at least 1.")
+    if batch and int(batch) < 2:  # blank (None or 0) keeps the preset
+        raise gr.Error("A batch needs at least 2 pairs (the other pairs are the negatives).")
     variant = variant_of(image_mode, late)
     run = (run or "").strip() or default_run_name(variant, dataset)
     job_id = backend.service("start_training", dataset, variant, run, preset=preset, steps=int(steps),
@@ -144,8 +148,8 @@ def build(backend: Backend, dataset: gr.Dropdown):
             preset = gr.Radio(list(PRESETS), value="cpu", label="Preset", elem_id="ft-preset")
             preset_md = gr.Markdown(PRESETS["cpu"], elem_classes=["wb-small"])
             with gr.Row():
-                steps = gr.Number(value=100, precision=0, minimum=1, label="Steps", elem_id="ft-steps")
-                batch = gr.Number(value=None, precision=0, minimum=1, label="Pairs per batch (blank: preset)")
+                steps = gr.Number(value=100, precision=0, label="Steps", elem_id="ft-steps")
+                batch = gr.Number(value=None, precision=0, label="Pairs per batch (blank: preset)")
             run = gr.Textbox(label="Run name (blank: automatic)", elem_id="ft-run")
             with gr.Accordion("Backbones and learning rates (blank: preset)", open=False):
                 llm = gr.Textbox(label="LLM (hub name or local path)", placeholder="SmolLM2-135M-Instruct (offline)")

@@ -109,23 +109,37 @@ def test_explore_map(page, app):
     shot(page, "04-explore")
 
 
+def test_attention(page, app):
+    open_tab(page, "Attention")
+    page.wait_for_function("document.querySelector('#attn-variant input').value.length > 0")
+    page.locator("#saliency-btn").click()
+    page.wait_for_selector("#attn-saliency .js-plotly-plot")
+    page.locator("#heat-btn").click()
+    # the overlay, or core's error as a message in the page (see the report: image_attention on a fresh encoder)
+    page.wait_for_function("document.querySelector('#attn-heat-text').innerText.trim().length > 0")
+    page.locator("#gate-btn").click()
+    page.wait_for_selector("#attn-gates .js-plotly-plot")
+    shot(page, "05-attention")
+
+
 def test_start_and_stop_a_tiny_finetune(page, app):
     open_tab(page, "Fine-tune")
     page.locator("#ft-preset").get_by_text("tiny", exact=True).click()
     steps = page.locator("#ft-steps input")
     steps.fill("400")
+    steps.press("Tab")
     page.locator("#ft-run textarea, #ft-run input").first.fill("browser-tiny")
     page.locator("#ft-start").click()
     page.wait_for_function("document.querySelector('#ft-progress').innerText.includes('running')")
     page.wait_for_function("/step [1-9]/.test(document.querySelector('#ft-progress').innerText)")
-    shot(page, "05-finetune-running")
+    shot(page, "06-finetune-running")
     page.locator("#ft-stop").click()
     page.wait_for_function("/cancel|stopp/i.test(document.querySelector('#ft-progress').innerText)")
-    shot(page, "06-finetune-stopped")
+    shot(page, "07-finetune-stopped")
 
 
 def test_data_tab(page, app):
     open_tab(page, "Data")
     page.wait_for_selector("#data-gallery img")
     assert "600 notes" in page.locator("#data-summary").inner_text()
-    shot(page, "07-data")
+    shot(page, "08-data")
