@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "core.data.commands",
     "core.engine_commands",
     "core.reproduce",
+    "core.demo",
 ]
 
 

@@ -351,3 +351,10 @@ def run_events(workspace, run: str) -> list[dict]:
     if not folder.exists():
         raise WorkbenchError(f"unknown run '{run}'")
     return read_events(folder)
+
+
+def install_checkpoints(workspace, directory=None) -> list[str]:
+    """Shipped demo checkpoints (assets/checkpoints/<variant>/) as finished runs of the workspace."""
+    from core.demo import CHECKPOINTS_DIR, install_checkpoints as install
+
+    return install(_ws(workspace), directory or CHECKPOINTS_DIR)

@@ -1,0 +1,146 @@
+"""Demo checkpoints: the trained variants `python launch.py` opens with, shipped in assets/checkpoints/.
+
+`python -m core build-demo` trains every variant on the bundled sample (resumable), evaluates each on the
+sample's test split, and exports only what training produced (connector, slot vector, gate, head, LoRA) in
+bf16, with the run's metadata, events and evaluation beside it. `install_checkpoints` turns such a folder into
+finished runs of a workspace, so every tab lists them like any run trained there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from core.errors import WorkbenchError
+from core.models.note_encoder import CONFIG_FILE, VARIANTS, WEIGHTS_FILE
+from core.workspace import REPO_ROOT, Workspace
+
+CHECKPOINTS_DIR = REPO_ROOT / "assets" / "checkpoints"
+DEMO_DATASET = "sample"
+SHIPPED_FILES = (CONFIG_FILE, WEIGHTS_FILE, "run.json", "events.jsonl", "eval.json")
+
+
+def demo_run_name(variant: str) -> str:
+    return "demo-" + variant.replace("+", "-")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def install_checkpoints(workspace, directory: str | Path = CHECKPOINTS_DIR) -> list[str]:
+    """Copy every shipped checkpoint under `directory` into the workspace as a finished run; returns the run
+    names. Idempotent: a run whose weights already match is left alone; a run of the same name trained
+    locally (different weights) is never overwritten."""
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    directory = Path(directory)
+    installed = []
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
+        if not all((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, "run.json")):
+            continue
+        info = json.loads((folder / "run.json").read_text())
+        run = info["run"]
+        target = workspace.run_dir(run)
+        marker = target / "shipped.json"
+        digest = _digest(folder / WEIGHTS_FILE)
+        if target.exists():
+            if marker.exists() and json.loads(marker.read_text()).get("weights_sha256") == digest:
+                installed.append(run)
+            continue
+        staging = Path(tempfile.mkdtemp(dir=workspace.runs_dir, prefix=f".{run}-"))
+        for name in SHIPPED_FILES:
+            if (folder / name).exists():
+                shutil.copy2(folder / name, staging / name)
+        (staging / "shipped.json").write_text(json.dumps({"source": str(folder), "weights_sha256": digest}))
+        staging.rename(target)  # atomic: a half-copied run is never listed
+        installed.append(run)
+    return installed
+
+
+def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None) -> Path:
+    """Only trained weights, in bf16, plus the run's metadata, events and evaluation."""
+    import torch
+
+    from core.models.note_encoder import NoteEncoder
+
+    source = workspace.run_dir(run)
+    model = NoteEncoder.from_pretrained(source, device="cpu")
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out, dtype=torch.bfloat16)
+    info = json.loads((source / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+    if (source / "events.jsonl").exists():
+        shutil.copy2(source / "events.jsonl", out / "events.jsonl")
+    if evaluation is not None:
+        (out / "eval.json").write_text(json.dumps(evaluation, indent=1))
+    return out
+
+
+def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, steps: int = 60, preset: str = "cpu",
+                           variants: tuple[str, ...] = tuple(VARIANTS), extra_args: tuple[str, ...] = (),
+                           log=print) -> list[Path]:
+    from core.data.sample import ensure_sample_dataset
+    from core.service import evaluate_variant, run_info
+
+    ensure_sample_dataset(workspace)
+    written = []
+    for variant in variants:
+        run = demo_run_name(variant)
+        folder = workspace.run_dir(run)
+        finished = folder.exists() and run_info(workspace, run).get("status") == "finished"
+        if not finished:
+            command = [sys.executable, "-m", "core", "train", "--workspace", str(workspace.root), "--dataset",
+                       DEMO_DATASET, "--variant", variant, "--steps", str(steps), "--run", run, "--preset", preset,
+                       *(["--resume"] if folder.exists() else []), *extra_args]
+            log("$ python " + " ".join(command[1:]))
+            if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
+                raise WorkbenchError(f"training {run} failed; rerun build-demo to resume it")
+        evaluation = {modality: evaluate_variant(workspace, run, DEMO_DATASET, modality=modality)
+                      for modality in ("both", "image", "text")}
+        log(f"{run}: Recall@10 both {evaluation['both']['recall@10']:.3f}, "
+            f"image {evaluation['image']['recall@10']:.3f}, text {evaluation['text']['recall@10']:.3f}")
+        written.append(export_checkpoint(workspace, run, out / variant, evaluation))
+    return written
+
+
+def _build_command(args) -> int:
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else tuple(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise WorkbenchError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    extra = tuple(args.extra.split()) if args.extra else ()
+    paths = build_demo_checkpoints(Workspace.open(args.workspace), Path(args.out), args.steps, args.preset, variants,
+                                   extra, log=lambda m: print(m, file=sys.stderr, flush=True))
+    for path in paths:
+        size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+        print(f"{path}\t{size:.1f} MB")
+    return 0
+
+
+def _install_command(args) -> int:
+    for run in install_checkpoints(Workspace.open(args.workspace), Path(args.source)):
+        print(run)
+    return 0
+
+
+def register(subparsers) -> None:
+    from core.cli import add_workspace_argument
+
+    parser = subparsers.add_parser("build-demo", help="train the demo variants on the sample and export them")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "reference"])
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all six)")
+    parser.add_argument("--out", default=str(CHECKPOINTS_DIR))
+    parser.add_argument("--extra", default="", help="extra train options, e.g. '--lora-rank 8'")
+    add_workspace_argument(parser)
+    parser.set_defaults(func=_build_command)
+
+    parser = subparsers.add_parser("install-demo", help="install shipped checkpoints as runs of a workspace")
+    parser.add_argument("--source", default=str(CHECKPOINTS_DIR))
+    add_workspace_argument(parser)
+    parser.set_defaults(func=_install_command)
