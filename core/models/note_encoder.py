@@ -309,13 +309,17 @@ class NoteEncoder(nn.Module):
                 keys.append(key)
         return keys
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """config.json + model.safetensors. `dtype=torch.bfloat16` halves a shipped checkpoint; loading casts
+        back to each parameter's own dtype."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         tensors = {key: state[key].detach().contiguous().cpu() for key in self._persisted_keys()}
+        if dtype is not None:
+            tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
         meta = {"format": CHECKPOINT_FORMAT, "variant": self.variant, "config": self.config.to_dict()}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
