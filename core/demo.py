@@ -61,7 +61,8 @@ def install_checkpoints(workspace, directory: str | Path = CHECKPOINTS_DIR) -> l
     return installed
 
 
-def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None) -> Path:
+def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None,
+                      shipped_name: str | None = None) -> Path:
     """Only trained weights, in bf16, plus the run's metadata, events and evaluation."""
     import torch
 
@@ -73,6 +74,8 @@ def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dic
         shutil.rmtree(out)
     model.save_pretrained(out, dtype=torch.bfloat16)
     info = json.loads((source / "run.json").read_text())
+    if shipped_name:
+        info["trained_as"], info["run"] = info["run"], shipped_name
     (out / "run.json").write_text(json.dumps(info, indent=2))
     if (source / "events.jsonl").exists():
         shutil.copy2(source / "events.jsonl", out / "events.jsonl")
@@ -84,18 +87,24 @@ def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dic
 def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, steps: int = 60, preset: str = "cpu",
                            variants: tuple[str, ...] = tuple(VARIANTS), extra_args: tuple[str, ...] = (),
                            log=print) -> list[Path]:
+    """Train (or reuse) seed 0 of each variant on the sample under the reproduction's run names, so
+    `python -m core reproduce --dataset sample` with the same steps and preset reuses these runs and writes
+    the sample's ablation table without training them again."""
     from core.data.sample import ensure_sample_dataset
+    from core.reproduce import ReproducePlan
     from core.service import evaluate_variant, run_info
 
     ensure_sample_dataset(workspace)
+    plan = ReproducePlan(dataset=DEMO_DATASET, steps=steps, preset=preset)
     written = []
     for variant in variants:
-        run = demo_run_name(variant)
+        run = plan.run_name(variant, 0)
         folder = workspace.run_dir(run)
         finished = folder.exists() and run_info(workspace, run).get("status") == "finished"
         if not finished:
             command = [sys.executable, "-m", "core", "train", "--workspace", str(workspace.root), "--dataset",
                        DEMO_DATASET, "--variant", variant, "--steps", str(steps), "--run", run, "--preset", preset,
+                       "--seed", "0", "--batch-pairs", str(plan.batch_pairs),
                        *(["--resume"] if folder.exists() else []), *extra_args]
             log("$ python " + " ".join(command[1:]))
             if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
@@ -104,7 +113,7 @@ def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, st
                       for modality in ("both", "image", "text")}
         log(f"{run}: Recall@10 both {evaluation['both']['recall@10']:.3f}, "
             f"image {evaluation['image']['recall@10']:.3f}, text {evaluation['text']['recall@10']:.3f}")
-        written.append(export_checkpoint(workspace, run, out / variant, evaluation))
+        written.append(export_checkpoint(workspace, run, out / variant, evaluation, shipped_name=demo_run_name(variant)))
     return written
 
 
