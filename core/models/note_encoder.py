@@ -25,7 +25,7 @@ from torch import nn
 
 from core.data.schema import Note
 from core.errors import WorkbenchError
-from core.models import provision
+from core.models import fast_decoder, provision
 from core.models.connector import MLPConnector, QFormer
 from core.models.fusion import LateFusionGate
 from core.models.llm import TINY_LLM, load_llm
@@ -162,6 +162,10 @@ class NoteEncoder(nn.Module):
         num_visual = self.connector.num_tokens if self.connector is not None else 0
         self.prompts = PromptBuilder(self.tokenizer, config.prompt, config.image_mode, num_visual)
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Inference without gradients runs the LLM through core/models/fast_decoder.py (same function,
+        # fewer passes); False forces the model's own forward, e.g. to compare the two.
+        self.fast_inference = True
+        self._fused_llm: fast_decoder.FusedWeights | None = None
         self.to(resolve_device(device) if not isinstance(device, torch.device) else device)
 
     # ----------------------------------------------------------------------------------------- building
@@ -177,6 +181,19 @@ class NoteEncoder(nn.Module):
             if "lora_" in name:
                 parameter.data = parameter.data.float()
                 parameter.requires_grad_(True)
+
+    def _use_fast_llm(self, llm_kwargs: dict) -> bool:
+        if not self.fast_inference or llm_kwargs or torch.is_grad_enabled() or not fast_decoder.supports(self.llm):
+            return False
+        # Hooks (analysis, debugging) expect the model's own modules to run.
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.llm.modules())
+
+    def _fused_llm_weights(self, dtype: torch.dtype | None) -> fast_decoder.FusedWeights:
+        key = fast_decoder.FusedWeights.state_key(self.llm, dtype)
+        if self._fused_llm is None or self._fused_llm.key != key:
+            self._fused_llm = None
+            self._fused_llm = fast_decoder.FusedWeights(self.llm, dtype)
+        return self._fused_llm
 
     @property
     def device(self) -> torch.device:
@@ -243,12 +260,24 @@ class NoteEncoder(nn.Module):
         if self.vision is not None and vision is None:
             vision, has_image = self.image_features(batch["images"])
         rows = torch.arange(input_ids.shape[0], device=device)
-        with autocast(device, enabled=self.config.backbone_dtype == "bfloat16"):
+        use_autocast = self.config.backbone_dtype == "bfloat16"
+        fast = self._use_fast_llm(llm_kwargs)
+        if torch.is_grad_enabled():
+            self._fused_llm = None  # a training step is about to change the weights: free the inference copy
+        if not llm_kwargs and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+            # Right padding under causal attention: no real token ever attends to a pad, and only real
+            # tokens are read out, so the mask changes nothing we use; without it SDPA runs its causal kernel.
+            attention_mask = None
+        with autocast(device, enabled=use_autocast):
             visual_tokens = None
             if self.connector is not None:
                 visual_tokens = self.connector(vision.pooled.float(), vision.patches.float())
             embeds = self.input_embeddings(input_ids, visual_tokens)
-            hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs).last_hidden_state
+            if not fast:
+                hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs).last_hidden_state
+        if fast:
+            weights = self._fused_llm_weights(torch.bfloat16 if use_autocast else None)
+            hidden = fast_decoder.forward(self.llm, weights, embeds)
         note_state = hidden[rows, batch["last_index"].to(device)].float()
         visual_state = None
         if self.config.image_mode == "micl":
