@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST_ARCHITECTURES = ("llama", "mistral", "qwen2")
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 5)
 
 
 def _linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -156,7 +157,10 @@ def forward(decoder: nn.Module, weights: FusedWeights, inputs_embeds: torch.Tens
         q = query_key[:, :, :heads].transpose(1, 2)
         k = query_key[:, :, heads:].transpose(1, 2)
         v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads)
+        if kv_heads != heads and not _SDPA_GQA:  # torch < 2.5: expand the shared key/value heads
+            k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+        gqa = {"enable_gqa": True} if kv_heads != heads and _SDPA_GQA else {}
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         attended = attended.transpose(1, 2).reshape(batch, length, q_width)
         hidden = hidden + F.linear(attended, layer["o"], layer["o_bias"])
         normed = _rms_norm(hidden, layer["post_norm"], weights.eps)
