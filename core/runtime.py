@@ -40,3 +40,15 @@ def autocast(device: torch.device, enabled: bool = True):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def training_attention(device: torch.device):
+    """Attention kernel for a forward that will be back-propagated. On CPU, torch's flash-attention backward
+    ran ~2x slower than the plain math path (whose backward is batched matrix products on AMX) and took a
+    third of a LoRA training step (measured, bench/README.md), so training forwards use the math path there.
+    The switch is process-wide while the forward runs; inference elsewhere stays correct, only slower."""
+    if device.type != "cpu" or not torch.is_grad_enabled():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])

@@ -13,6 +13,7 @@ n_m's embedding is used for retrieval.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from core.models.fusion import LateFusionGate
 from core.models.llm import TINY_LLM, load_llm
 from core.models.prompts import IMAGE_MODES, IMAGE_TOKEN, SLOT_TOKEN, PromptBuilder, PromptConfig
 from core.models.vision import VisionFeatures, load_vision_tower
-from core.runtime import autocast, resolve_device
+from core.runtime import autocast, resolve_device, training_attention
 
 VARIANTS: dict[str, tuple[str, bool]] = {
     "text": ("none", False),
@@ -274,7 +275,9 @@ class NoteEncoder(nn.Module):
                 visual_tokens = self.connector(vision.pooled.float(), vision.patches.float())
             embeds = self.input_embeddings(input_ids, visual_tokens)
             if not fast:
-                hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs).last_hidden_state
+                with training_attention(device) if not llm_kwargs else contextlib.nullcontext():
+                    hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                                      **llm_kwargs).last_hidden_state
         if fast:
             weights = self._fused_llm_weights(torch.bfloat16 if use_autocast else None)
             hidden = fast_decoder.forward(self.llm, weights, embeds)
