@@ -102,7 +102,7 @@ def run(peak_flops: float, quick: bool = False, batches=(1, 8, 32, 64), model=No
         def warm():
             model.encode(subset, batch_size=size)
 
-        repeats = 2 if quick else 3
+        repeats = 2 if quick else (5 if size >= 32 else 3)  # the shared machine is noisy: best of more
         t_cold = timed(cold, repeats=repeats)
         t_warm = timed(warm, repeats=repeats)
         t_peer = timed(lambda: peer.encode(subset_texts, batch_size=size), repeats=repeats)
