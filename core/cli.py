@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from core.errors import WorkbenchError
@@ -22,7 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    # Listed for --help; main() hands `serve ...` to launch.py untouched, so its options are launch.py's.
+    subparsers.add_parser("serve", help="the app: the same as python launch.py (--workspace, --host, --port, ...)")
     return parser
+
+
+def _serve(launch_args: list[str]) -> int:
+    """Replace this process with launch.py: the core never imports the UI."""
+    from core.workspace import REPO_ROOT
+
+    os.execv(sys.executable, [sys.executable, str(REPO_ROOT / "launch.py"), *launch_args])
 
 
 def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +40,9 @@ def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
