@@ -55,21 +55,8 @@ def encode_notes(model, notes: Sequence[Note], batch_size: int = 32, modality: s
         return np.asarray(model.encode(notes, batch_size=batch_size, modality=modality, progress=progress),
                           dtype=np.float32)
     cache = feature_cache_for(model, workspace_root)
-    was_training = model.training
-    model.eval()
-    lengths = [len(model.prompts.build(note, modality).ids) for note in notes]
-    order = np.argsort(lengths, kind="stable")
-    result = np.zeros((len(notes), model.config.embedding_dim), dtype=np.float32)
-    for start in range(0, len(notes), batch_size):
-        index = order[start:start + batch_size]
-        batch = model.collate([notes[i] for i in index], modality)
-        vision, has_image = model_features(model, cache, batch["images"])
-        output = model(batch, vision=vision, has_image=has_image)
-        result[index] = output.embedding.float().cpu().numpy()
-        if progress is not None:
-            progress(min(start + batch_size, len(notes)), len(notes))
-    model.train(was_training)
-    return result
+    return model.encode(notes, batch_size=batch_size, modality=modality, progress=progress,
+                        image_features=lambda images: model_features(model, cache, images))
 
 
 class VectorCache:

@@ -304,10 +304,13 @@ class NoteEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------ encode
     @torch.inference_mode()
     def encode(self, notes: Sequence[Note | dict], batch_size: int = 32, modality: str = "both",
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int, int], None] | None = None,
+               image_features: Callable[[list], tuple[VisionFeatures, torch.Tensor]] | None = None) -> np.ndarray:
         """(N, embedding_dim) float32, L2-normalised, in the order of `notes`.
 
-        Notes are sorted by prompt length so each batch pads little; the order is restored at the end."""
+        Notes are sorted by prompt length so each batch pads little; the order is restored at the end.
+        `image_features(images) -> (VisionFeatures, has_image)` replaces the in-memory feature cache (the
+        engine passes its on-disk cache)."""
         notes = [note if isinstance(note, Note) else Note.from_dict(note) for note in notes]
         was_training = self.training
         self.eval()
@@ -316,7 +319,9 @@ class NoteEncoder(nn.Module):
         result = np.zeros((len(notes), self.config.embedding_dim), dtype=np.float32)
         for start in range(0, len(notes), batch_size):
             index = order[start:start + batch_size]
-            output = self(self.collate([notes[i] for i in index], modality))
+            batch = self.collate([notes[i] for i in index], modality)
+            vision, has_image = image_features(batch["images"]) if image_features and self.vision else (None, None)
+            output = self(batch, vision=vision, has_image=has_image)
             result[index] = output.embedding.float().cpu().numpy()
             if progress is not None:
                 progress(min(start + batch_size, len(notes)), len(notes))
