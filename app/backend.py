@@ -7,6 +7,7 @@ Nothing here computes embeddings or trains: the few helpers below only reshape w
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -15,7 +16,12 @@ from pathlib import Path
 from core.errors import WorkbenchError
 from core.workspace import REPO_ROOT, Workspace
 
-CHECKPOINTS_DIR = REPO_ROOT / "assets" / "checkpoints"
+SHIPPED_CHECKPOINTS = REPO_ROOT / "assets" / "checkpoints"
+
+
+def checkpoints_dir() -> Path:
+    """Shipped demo checkpoints; NOTELLM2_CHECKPOINTS points elsewhere (the app tests use tiny runs only)."""
+    return Path(os.environ.get("NOTELLM2_CHECKPOINTS") or SHIPPED_CHECKPOINTS)
 
 # What each variant is, in one line, so that no table or dropdown shows a bare code name.
 VARIANT_DESCRIPTIONS = {
@@ -170,9 +176,9 @@ class Backend:
             s.state, s.message = "failed", f"{type(error).__name__}: {error}"
 
     def demo_checkpoints(self) -> list[Path]:
-        if not CHECKPOINTS_DIR.is_dir():
+        if not checkpoints_dir().is_dir():
             return []
-        return sorted(p for p in CHECKPOINTS_DIR.iterdir() if p.is_dir() and (p / "config.json").is_file())
+        return sorted(p for p in checkpoints_dir().iterdir() if p.is_dir() and (p / "config.json").is_file())
 
     def _install_demo_checkpoints(self) -> list[str]:
         """Shipped demo runs (assets/checkpoints/<variant>/) become workspace runs through core when it can."""
@@ -181,7 +187,7 @@ class Backend:
             return []
         for name in ("install_checkpoints", "install_demo_checkpoints", "register_checkpoints"):
             if self.has("core.service", name):
-                result = self.service(name, CHECKPOINTS_DIR)
+                result = self.service(name, checkpoints_dir())
                 return list(result or [p.name for p in found])
         return []
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.backend import Backend, CHECKPOINTS_DIR
+from app.backend import SHIPPED_CHECKPOINTS, Backend
 from app.tabs import attention, compare, data, explore, finetune, search
 from core.workspace import REPO_ROOT
 
@@ -46,7 +46,7 @@ def banner(backend: Backend, dataset) -> str:
     elif not runs:
         shipped = "no demo checkpoints are shipped yet" if not backend.demo_checkpoints() else \
             "the shipped demo checkpoints are not installed in this workspace"
-        parts.append(f"ℹ️ No trained variant for **{dataset}** ({shipped}, {CHECKPOINTS_DIR.relative_to(REPO_ROOT)}/). "
+        parts.append(f"ℹ️ No trained variant for **{dataset}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "
                      f"The {len(zero)} zero-shot baselines work now; train a variant in **Fine-tune** "
                      "(preset *tiny*: seconds, *cpu*: minutes).")
     else:

@@ -92,7 +92,7 @@ def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, st
     the sample's ablation table without training them again."""
     from core.data.sample import ensure_sample_dataset
     from core.reproduce import ReproducePlan
-    from core.service import evaluate_variant, run_info
+    from core.service import run_info
 
     ensure_sample_dataset(workspace)
     plan = ReproducePlan(dataset=DEMO_DATASET, steps=steps, preset=preset)
@@ -109,12 +109,24 @@ def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, st
             log("$ python " + " ".join(command[1:]))
             if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
                 raise WorkbenchError(f"training {run} failed; rerun build-demo to resume it")
+        written.append(export_checkpoint(workspace, run, out / variant, shipped_name=demo_run_name(variant)))
+    evaluate_shipped(workspace, out, log)
+    return written
+
+
+def evaluate_shipped(workspace: Workspace, directory: Path = CHECKPOINTS_DIR, log=print) -> None:
+    """Install the shipped (bf16) checkpoints and evaluate exactly those weights, so the eval.json beside
+    each one is what a user reproduces after `install_checkpoints`."""
+    from core.service import evaluate_variant
+
+    for run in install_checkpoints(workspace, directory):
+        folder = next(p for p in directory.iterdir() if (p / "run.json").exists()
+                      and json.loads((p / "run.json").read_text())["run"] == run)
         evaluation = {modality: evaluate_variant(workspace, run, DEMO_DATASET, modality=modality)
                       for modality in ("both", "image", "text")}
+        (folder / "eval.json").write_text(json.dumps(evaluation, indent=1))
         log(f"{run}: Recall@10 both {evaluation['both']['recall@10']:.3f}, "
             f"image {evaluation['image']['recall@10']:.3f}, text {evaluation['text']['recall@10']:.3f}")
-        written.append(export_checkpoint(workspace, run, out / variant, evaluation, shipped_name=demo_run_name(variant)))
-    return written
 
 
 def _build_command(args) -> int:

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The shipped demo checkpoints hold real SmolLM2 runs; these tests exercise the UI on tiny runs only.
+os.environ["NOTELLM2_CHECKPOINTS"] = os.path.join(os.path.dirname(__file__), "no-shipped-checkpoints")
 
 TINY_RUNS = {"tiny-micl-late": "micl+late", "tiny-basic": "basic"}
 DONE = ("done", "finished", "completed", "succeeded")
