@@ -1,9 +1,10 @@
 """Demo checkpoints: the trained variants `python launch.py` opens with, shipped in assets/checkpoints/.
 
-`python -m core build-demo` trains every variant on the bundled sample (resumable), evaluates each on the
-sample's test split, and exports only what training produced (connector, slot vector, gate, head, LoRA) in
-bf16, with the run's metadata, events and evaluation beside it. `install_checkpoints` turns such a folder into
-finished runs of a workspace, so every tab lists them like any run trained there.
+`python -m core build-demo` trains every variant on the bundled sample (resumable) and exports only what
+training produced (connector, slot vector, gate, head, LoRA; large matrices int8 per row) with the run's
+metadata and events; each export is then installed and evaluated on the sample's test split, so the eval.json
+beside it measures exactly the shipped weights. `install_checkpoints` turns such a folder into finished runs
+of a workspace, so every tab lists them like any run trained there.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def install_checkpoints(workspace, directory: str | Path = CHECKPOINTS_DIR) -> l
 
 def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None,
                       shipped_name: str | None = None) -> Path:
-    """Only trained weights, in bf16, plus the run's metadata, events and evaluation."""
+    """Only trained weights (large matrices int8 per row, the rest bf16), plus metadata, events, evaluation."""
     import torch
 
     from core.models.note_encoder import NoteEncoder
@@ -72,7 +73,7 @@ def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dic
     model = NoteEncoder.from_pretrained(source, device="cpu")
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out, dtype=torch.bfloat16)
+    model.save_pretrained(out, dtype=torch.bfloat16, int8=True)
     info = json.loads((source / "run.json").read_text())
     if shipped_name:
         info["trained_as"], info["run"] = info["run"], shipped_name

@@ -27,6 +27,7 @@ from torch import nn
 from core.data.schema import Note
 from core.errors import WorkbenchError
 from core.models import fast_decoder, provision
+from core.models.compact import dequantize_state, quantize_state
 from core.models.connector import MLPConnector, QFormer
 from core.models.fusion import LateFusionGate
 from core.models.llm import TINY_LLM, load_llm
@@ -346,9 +347,10 @@ class NoteEncoder(nn.Module):
                 keys.append(key)
         return keys
 
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """config.json + model.safetensors. `dtype=torch.bfloat16` halves a shipped checkpoint; loading casts
-        back to each parameter's own dtype."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, int8: bool = False) -> Path:
+        """config.json + model.safetensors. `dtype=torch.bfloat16` halves a checkpoint; `int8=True` stores large
+        matrices as int8 rows with per-row scales (core/models/compact.py), for shipped demo checkpoints.
+        Loading casts back to each parameter's own dtype."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -357,6 +359,8 @@ class NoteEncoder(nn.Module):
         tensors = {key: state[key].detach().contiguous().cpu() for key in self._persisted_keys()}
         if dtype is not None:
             tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
+        if int8:
+            tensors = quantize_state(tensors)
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
         meta = {"format": CHECKPOINT_FORMAT, "variant": self.variant, "config": self.config.to_dict()}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
@@ -392,7 +396,7 @@ class NoteEncoder(nn.Module):
         path = Path(path)
         if not path.exists():
             raise WorkbenchError(f"{path} is missing")
-        tensors = load_file(str(path))
+        tensors = dequantize_state(load_file(str(path)))
         own = self.state_dict()
         expected = set(self._persisted_keys())
         unexpected = sorted(set(tensors) - set(own))
