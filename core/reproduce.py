@@ -85,6 +85,9 @@ def _evaluate(workspace: Workspace, plan: ReproducePlan, name: str) -> dict:
                 continue
             metrics = {k: v for k, v in subsets[split].items() if k.startswith("recall@") and isinstance(v, (int, float))}
             metrics["queries"] = subsets[split].get("queries")
+            interval = subsets[split].get("recall@10_ci95")
+            if interval:  # bootstrap 95% interval over queries: the yardstick when there is one seed
+                metrics["recall@10_ci_low"], metrics["recall@10_ci_high"] = interval
             table.setdefault(split, {})[modality] = metrics
     return table
 
@@ -143,7 +146,11 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     for name in plan.zero_shot:
         log(f"evaluate {name}")
         ablation[name] = _aggregate({0: _evaluate(workspace, plan, name)})
-    saliency = {variant: _saliency(workspace, plan, variant, log) for variant in plan.saliency_variants}
+    saliency_file = plan.results_dir / "saliency.json"
+    earlier = json.loads(saliency_file.read_text()) if saliency_file.exists() else {}
+    # Saliency is the slowest analysis; a rerun over the same finished runs reuses what it measured.
+    saliency = {variant: earlier.get(variant) or _saliency(workspace, plan, variant, log)
+                for variant in plan.saliency_variants}
     _write_json(plan, ablation, saliency, started)
     from core.reproduce_report import write_report
 
