@@ -22,14 +22,13 @@ class Note:
 
     @classmethod
     def from_dict(cls, row: dict) -> "Note":
-        topics = row.get("topics") or []
-        if isinstance(topics, str):
-            topics = [t for t in (p.strip() for p in topics.replace(",", "#").split("#")) if t]
+        from core.data.readers import split_topics  # the upload reader's rule for a topics cell
+
         return cls(
             note_id=str(row.get("note_id", "")),
             title=row.get("title") or "",
             content=row.get("content") or "",
-            topics=list(topics),
+            topics=split_topics(row.get("topics")),
             image=row.get("image"),
             category=row.get("category") or "",
         )

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from core.data.readers import extract_topics
+
 IMAGE_TOKEN = -1
 SLOT_TOKEN = -2
 IMAGE_MODES = ("none", "basic", "micl")
@@ -69,14 +71,7 @@ class PromptConfig:
         return asdict(self)
 
 
-_TOPIC_PATTERN = re.compile(r"#([^#\n]{1,64})#")
 _WHITESPACE = re.compile(r"\s+")
-
-
-def split_topics(content: str) -> tuple[str, list[str]]:
-    """Pull `#tag#` topics out of content, as the reference does; returns (content without them, topics)."""
-    topics = [match.strip() for match in _TOPIC_PATTERN.findall(content) if match.strip()]
-    return _TOPIC_PATTERN.sub(" ", content), topics
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -121,8 +116,8 @@ class PromptBuilder:
     def note_fields(self, note) -> str:
         """The text fields of a note as the body of the prompt, cut to the configured character limits."""
         config, template = self.config, self.template
-        content, embedded_topics = split_topics(note.content or "")
-        topics = list(note.topics or []) + [t for t in embedded_topics if t not in (note.topics or [])]
+        # The importer's own hashtag rule, so a note composed in the UI reads like a stored one.
+        content, topics = extract_topics(note.content or "", note.topics)
         topics = [clean_text(t, config.max_topic_chars) for t in topics][: config.max_topics]
         values = (clean_text(note.title, config.max_title_chars), ", ".join(t for t in topics if t),
                   clean_text(content, config.max_content_chars))

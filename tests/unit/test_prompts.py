@@ -3,7 +3,8 @@ import pytest
 
 from core.data.schema import Note
 from core.models.llm import tiny_tokenizer
-from core.models.prompts import IMAGE_TOKEN, SLOT_TOKEN, PromptBuilder, PromptConfig, split_topics
+from core.data.readers import extract_topics as split_topics
+from core.models.prompts import IMAGE_TOKEN, SLOT_TOKEN, PromptBuilder, PromptConfig
 
 
 @pytest.fixture(scope="module")
