@@ -15,6 +15,17 @@ def note_choices(backend: Backend, dataset) -> list[tuple[str, str]]:
     return [note_choice(n) for n in backend.store.notes(dataset)]
 
 
+def refresh_notes(backend: Backend, dataset, current, first_by_default: bool = True):
+    """The note dropdown for a dataset: the current note when it is still there, else the first (or none)."""
+    try:
+        choices = note_choices(backend, dataset)
+    except Exception:
+        choices = []
+    ids = [v for _, v in choices]
+    value = current if current in ids else (ids[0] if ids and first_by_default else None)
+    return gr.update(choices=choices, value=value)
+
+
 def compose_note(title, content, topics, image):
     """A note written in the page, or None when it has neither text nor image."""
     from core.data.schema import Note

@@ -8,7 +8,7 @@ import pandas as pd
 
 from app.backend import Backend, Unavailable, describe, message
 from app.render import badge, esc, note_card, notice, query_card
-from app.tabs.common import MODALITIES, neighbours, note_choices, refresh_variants
+from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
 
 MAX_VARIANTS = 4
 
@@ -209,15 +209,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
     eval_btn.click(on_eval, [dataset, eval_names, split], [table, eval_note], api_name="recall_table")
 
     def refresh(ds, current_note, current, current_eval):
-        try:
-            choices = note_choices(backend, ds)
-        except Exception:
-            choices = []
-        ids = [v for _, v in choices]
-        value = current_note if current_note in ids else (ids[0] if ids else None)
         all_names = [v for _, v in backend.variant_choices(ds)]
         eval_update = refresh_variants(backend, ds, current_eval, multiselect=True, default_count=len(all_names))
-        return (gr.update(choices=choices, value=value),
+        return (refresh_notes(backend, ds, current_note),
                 refresh_variants(backend, ds, current, multiselect=True, default_count=2), eval_update)
 
     return {"refresh": (refresh, [dataset, note, names, eval_names], [note, names, eval_names])}

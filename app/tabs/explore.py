@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
 from app.render import badge, esc, grid, note_card, notice
-from app.tabs.common import MODALITIES, neighbours, note_choices, refresh_variants
+from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
 
 COLOURS = ["#4f6bed", "#e4572e", "#17a398", "#f3a712", "#8e6c8a", "#29335c", "#c2185b", "#7cb518", "#0081a7",
            "#f07167", "#6d597a", "#b56576", "#355070", "#e09f3e", "#9e2a2b", "#335c67", "#540b0e", "#2a9d8f",
@@ -192,12 +192,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         on_select, [state, colour_by, note], [plot, near], api_name=False)
 
     def refresh(ds, current, current_note):
-        try:
-            choices = note_choices(backend, ds)
-        except Exception:
-            choices = []
-        ids = [v for _, v in choices]
         return (refresh_variants(backend, ds, current, multiselect=True, default_count=1),
-                gr.update(choices=choices, value=current_note if current_note in ids else None))
+                refresh_notes(backend, ds, current_note, first_by_default=False))
 
     return {"refresh": (refresh, [dataset, names, note], [names, note])}

@@ -5,7 +5,7 @@ import gradio as gr
 
 from app.backend import Backend, Unavailable, describe, message
 from app.render import badge, esc, grid, note_card, notice, query_card
-from app.tabs.common import MODALITIES, compose_note, neighbours, note_choices, refresh_variants
+from app.tabs.common import MODALITIES, compose_note, neighbours, refresh_notes, refresh_variants
 
 FROM_DATASET, COMPOSE = "A note from the dataset", "Compose a note"
 
@@ -100,12 +100,6 @@ def build(backend: Backend, dataset: gr.Dropdown):
                    [dataset, variant], variant_info, api_name=False)
 
     def refresh(ds, current_note, current_variant):
-        try:
-            choices = note_choices(backend, ds)
-        except Exception:
-            choices = []
-        ids = [v for _, v in choices]
-        value = current_note if current_note in ids else (ids[0] if ids else None)
-        return gr.update(choices=choices, value=value), refresh_variants(backend, ds, current_variant)
+        return refresh_notes(backend, ds, current_note), refresh_variants(backend, ds, current_variant)
 
     return {"refresh": (refresh, [dataset, note, variant], [note, variant]), "note": note, "variant": variant}
