@@ -13,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 
 from bench.common import ROOT, SAMPLE, synthetic_notes, timed
 

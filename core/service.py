@@ -11,7 +11,6 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Data tab: import an upload (atomic, with a validation report), browse a dataset, its statistics."""
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from pathlib import Path
 

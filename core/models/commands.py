@@ -16,7 +16,7 @@ def _describe(args) -> int:
     """Print the prompt a variant builds for a sample note: a quick way to see what the LLM reads."""
     from core.data.schema import Note
     from core.models.llm import load_llm
-    from core.models.note_encoder import VARIANTS, NoteEncoderConfig
+    from core.models.note_encoder import NoteEncoderConfig
     from core.models.prompts import PromptBuilder
 
     config = NoteEncoderConfig.for_variant(args.variant, llm=args.llm)

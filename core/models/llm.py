@@ -60,7 +60,7 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation:
         try:
             causal = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
                                                           attn_implementation=attn_implementation or "sdpa")
-        except ValueError as error:
+        except ValueError:
             raise WorkbenchError(f"unsupported LLM architecture {config.model_type!r} for {name!r}: "
                                  f"it is not a causal (decoder-only) language model") from None
         tokenizer = AutoTokenizer.from_pretrained(source)

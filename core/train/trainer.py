@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -272,7 +272,7 @@ class Trainer:
 
     def _run(self, accelerator) -> dict:
         config = self.config
-        world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+        world, is_main = accelerator.num_processes, accelerator.is_main_process
         saved = self._prepare_run_dir(is_main)
         accelerator.wait_for_everyone()  # every process checks the folder before the main one creates it
         if saved is not None:

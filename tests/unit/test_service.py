@@ -5,7 +5,6 @@ from PIL import Image
 
 from core import service
 from core.data.schema import Note
-from core.encode import VectorCache
 from core.train.trainer import train
 from tests.unit.engine_fixtures import import_learnable
 
