@@ -152,9 +152,11 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     saliency = {variant: earlier.get(variant) or _saliency(workspace, plan, variant, log)
                 for variant in plan.saliency_variants}
     _write_json(plan, ablation, saliency, started)
-    from core.reproduce_report import write_report
+    from core.reproduce_report import training_summary, write_report
 
-    write_report(plan, ablation, saliency, elapsed_s=time.time() - started)
+    runs = [training_summary(workspace.run_dir(plan.run_name(variant, seed)))
+            for variant in plan.variants for seed in plan.seeds_for(variant)]
+    write_report(plan, ablation, saliency, elapsed_s=time.time() - started, runs=[r for r in runs if r])
     return ablation
 
 

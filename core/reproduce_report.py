@@ -2,8 +2,11 @@
 the numbers, whichever way they come out; differences smaller than the spread across seeds are called so."""
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shlex
+from pathlib import Path
 
 MAIN_METRIC = "recall@10"
 
@@ -111,7 +114,47 @@ def _plots(plan, ablation, saliency) -> list[str]:
     return written
 
 
-def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float) -> None:
+def machine_line() -> str:
+    """What the numbers were measured on, so a reader can tell a CPU budget from a GPU one."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {accelerator}; torch {torch.__version__}"
+
+
+def training_summary(run_folder: Path) -> dict | None:
+    """Steps, wall minutes, mean step time and final loss of one training run, from its run.json and events."""
+    try:
+        info = json.loads((run_folder / "run.json").read_text())
+        events = [json.loads(line) for line in (run_folder / "events.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+    steps = [event for event in events if "loss" in event and "step_s" in event]
+    if not steps:
+        return None
+    return {"run": run_folder.name, "variant": info.get("variant"), "seed": info.get("train", {}).get("seed"),
+            "steps": steps[-1]["step"], "step_s": sum(e["step_s"] for e in steps) / len(steps),
+            "train_minutes": sum(e["step_s"] for e in steps) / 60, "final_loss": steps[-1]["loss"]}
+
+
+def _other_reports(plan) -> list[str]:
+    """Reports of other reproductions kept under the results folder (e.g. results/sample/RESULTS.md)."""
+    if not plan.results_dir.exists():
+        return []
+    found = sorted(path for path in plan.results_dir.glob("*/RESULTS.md") if path != plan.report_path)
+    return [os.path.relpath(path, plan.report_path.parent) for path in found]
+
+
+def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float,
+                 runs: list[dict] | None = None) -> None:
     plots = _plots(plan, ablation, saliency)
     lines = [
         f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
@@ -122,7 +165,11 @@ def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float) 
         "reused, not re-timed). Figures are Recall@k in percent (mean ± std over seeds).",
         "",
         f"Rerun: `python -m core reproduce --dataset {shlex.quote(plan.dataset)} --steps {plan.steps} "
-        f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}`.",
+        f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}`"
+        + (" after building the dataset once with `python -m core build-openclipart --import-as openclipart` "
+           "(apt packages openclipart-png and openclipart-svg)." if plan.dataset == "openclipart" else "."),
+        "",
+        f"Measured on: {machine_line()}.",
         "",
         "## Claims",
         "",
@@ -151,7 +198,17 @@ def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float) 
             mean = lambda key: sum(row[key] for row in rows) / max(len(rows), 1)
             lines.append(f"| `{variant}` | {mean('S_v'):.3g} | {mean('S_t'):.3g} | {mean('S_o'):.3g} | "
                          f"{mean('S_v') / max(mean('S_t'), 1e-12):.3f} |")
+    if runs:
+        lines += ["", "## Training runs (the fixed budget)", "",
+                  "| run | variant | seed | steps | mean step (s) | training minutes | final loss |",
+                  "|---|---|---|---|---|---|---|"]
+        for run in runs:
+            lines.append(f"| `{run['run']}` | `{run['variant']}` | {run['seed']} | {run['steps']} | "
+                         f"{run['step_s']:.1f} | {run['train_minutes']:.1f} | {run['final_loss']:.3f} |")
     folder = os.path.relpath(plan.results_dir, plan.report_path.parent)
+    others = _other_reports(plan)
+    if others:
+        lines += ["", "## Other reproductions", "", *[f"- [{path}]({path})" for path in others]]
     lines += ["", *[f"![{name}]({folder}/{name})" for name in plots], "",
               f"Machine-readable: `{folder}/ablation.json` (variant -> split -> modality -> metric, with seeds) and "
               f"`{folder}/saliency.json`.", ""]
