@@ -9,20 +9,51 @@ from core.workspace import REPO_ROOT
 
 CSS_PATH = REPO_ROOT / "assets" / "workbench.css"
 TITLE = "NoteLLM-2 workbench"
-# Click a point of the Explore map -> put its note id into a hidden textbox -> the server selects it.
+# Explore map: hovering a point floats its image beside the cursor (fetched from the workspace's image
+# folder, so the figure carries URLs, not pixels); clicking it puts its note id into a hidden textbox, and
+# the server selects it.
 JS = """
 () => {
+  const pointData = (event) => {
+    const point = event && event.points && event.points[0];
+    const data = point && point.customdata;
+    return Array.isArray(data) ? { id: data[0], image: data[1] } : { id: data, image: '' };
+  };
+  const floating = () => {
+    let box = document.getElementById('explore-hover-thumb');
+    if (!box) {
+      box = document.createElement('div');
+      box.id = 'explore-hover-thumb';
+      box.className = 'wb-hover-thumb';
+      box.appendChild(document.createElement('img'));
+      document.body.appendChild(box);
+    }
+    return box;
+  };
   const hook = () => {
     document.querySelectorAll('#explore-map .js-plotly-plot').forEach((plot) => {
       if (plot.__wbHooked || !plot.on) return;
       plot.__wbHooked = true;
       plot.on('plotly_click', (event) => {
-        const id = event && event.points && event.points[0] && event.points[0].customdata;
+        const id = pointData(event).id;
         const box = document.querySelector('#explore-click textarea, #explore-click input');
         if (!id || !box) return;
         box.value = id;
         box.dispatchEvent(new Event('input', { bubbles: true }));
       });
+      plot.on('plotly_hover', (event) => {
+        const { image } = pointData(event);
+        const box = floating();
+        if (!image) { box.style.display = 'none'; return; }
+        const img = box.querySelector('img');
+        if (img.getAttribute('src') !== image) img.setAttribute('src', image);
+        // Above-left of the cursor: plotly puts its hover label to the right of the point.
+        const mouse = event.event || {};
+        box.style.left = Math.max(4, (mouse.clientX || 0) - 154) + 'px';
+        box.style.top = Math.max(4, (mouse.clientY || 0) - 154) + 'px';
+        box.style.display = 'block';
+      });
+      plot.on('plotly_unhover', () => { floating().style.display = 'none'; });
     });
   };
   new MutationObserver(hook).observe(document.body, { childList: true, subtree: true });

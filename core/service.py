@@ -343,6 +343,25 @@ def list_jobs(workspace) -> list[dict]:
     return _list(workspace)
 
 
+def delete_dataset(workspace, name: str, confirm: str | None = None) -> None:
+    """Delete a dataset, its images no other dataset uses, and every cached vector or evaluation of it.
+    Refused while a job works on it (the worker would read notes that vanish) and, when `confirm` is given,
+    unless it repeats the name. Runs trained on it are kept: they are models, not data."""
+    import shutil
+
+    ws = _ws(workspace)
+    if confirm is not None and confirm.strip() != name:
+        raise WorkbenchError(f"type the dataset name '{name}' to confirm; nothing was deleted")
+    busy = [job for job in list_jobs(ws) if job.get("dataset") == name and job.get("state") in ("queued", "running")]
+    if busy:
+        raise WorkbenchError(f"dataset '{name}' is in use by {busy[0]['kind']} job {busy[0]['job_id']} "
+                             f"(run '{busy[0].get('run')}'); stop it first. Nothing was deleted")
+    _store(ws).delete_dataset(name)
+    if ws.indexes_dir.exists():
+        for cached in ws.indexes_dir.glob(f"*/{name}"):
+            shutil.rmtree(cached, ignore_errors=True)
+
+
 def run_events(workspace, run: str) -> list[dict]:
     from core.train.trainer import read_events
 

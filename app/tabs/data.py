@@ -86,6 +86,23 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
             gr.update(choices=names, value=name))
 
 
+def delete_selected(backend: Backend, dataset, confirm):
+    """Returns (status markdown, datasets table, dataset dropdown update). Refused unless the name is typed."""
+    if not dataset:
+        return "Choose the dataset to delete in the dataset menu above.", datasets_table(backend), gr.update()
+    try:
+        backend.service("delete_dataset", dataset, confirm=confirm or "")
+    except Exception as error:
+        text = message(error)
+        gr.Warning(text.splitlines()[0][:200])
+        return f"❌ {esc(text)}", datasets_table(backend), gr.update()
+    gr.Info(f"Deleted '{dataset}'")
+    names = backend.dataset_names()
+    return (f"🗑️ Deleted **{esc(dataset)}**, its images no other dataset uses, and its cached vectors. "
+            "Runs trained on it are kept.", datasets_table(backend),
+            gr.update(choices=names, value=backend.default_dataset()))
+
+
 def _problems(error) -> list:
     problems = getattr(error, "problems", None) or []
     out = []
@@ -172,6 +189,13 @@ def build(backend: Backend, dataset: gr.Dropdown):
         import_report = gr.Markdown(elem_id="import-report")
         problems = gr.Dataframe(label="Validation report: rows left out or refused", interactive=False,
                                 wrap=True, max_height=240)
+    with gr.Accordion("Delete a dataset", open=False):
+        gr.Markdown("Deletes the dataset chosen in the menu above, the images no other dataset uses and the "
+                    "vectors cached for it. Trained runs are kept. Refused while a job is using it.")
+        with gr.Row():
+            confirm = gr.Textbox(label="Type the dataset's name to confirm", scale=3, elem_id="delete-confirm")
+            delete_btn = gr.Button("Delete dataset", variant="stop", scale=1, elem_id="delete-btn")
+        delete_report = gr.Markdown(elem_id="delete-report")
     gr.Markdown("### Browse")
     with gr.Row():
         category = gr.Dropdown(label="Category", choices=[ALL], value=ALL, allow_custom_value=True, scale=2)
@@ -186,6 +210,13 @@ def build(backend: Backend, dataset: gr.Dropdown):
 
     import_btn.click(on_import, [name, notes_file, pairs_file, images_zip, skip_bad],
                      [import_report, problems, table, dataset], api_name="import_dataset")
+
+    def on_delete(ds, typed):
+        status, datasets, choice = delete_selected(backend, ds, typed)
+        return status, datasets, choice, ""
+
+    delete_btn.click(on_delete, [dataset, confirm], [delete_report, table, dataset, confirm],
+                     api_name="delete_dataset")
 
     def on_dataset(ds):
         try:

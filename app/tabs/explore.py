@@ -2,6 +2,8 @@
 whether a note's related note is among its neighbours; selecting a note shows its neighbours."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import numpy as np
 import gradio as gr
 import plotly.graph_objects as go
@@ -34,6 +36,12 @@ def target_hits(ids: list[str], vectors: np.ndarray, related: dict[str, set[str]
         else:
             out.append("hit" if any(ids[j] in mine for j in top[i]) else "miss")
     return out
+
+
+def image_url(path) -> str:
+    """Where the page fetches a note's image on hover: Gradio's file route, which launch() opens for the
+    workspace's image folder only. Relative, so it also works under a proxy's sub-path."""
+    return f"gradio_api/file={quote(str(path))}" if path else ""
 
 
 def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progress()):
@@ -69,6 +77,7 @@ def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progres
     return {"dataset": dataset, "names": names, "modality": modality, "ids": ids,
             "titles": [notes[i].title if i in notes else i for i in ids],
             "categories": [notes[i].category if i in notes else "" for i in ids],
+            "images": [image_url(notes[i].image) if i in notes else "" for i in ids],
             "coords": {n: c.tolist() for n, c in coords.items()},
             "hits": {n: target_hits(ids, vectors[n], related) for n in names}}
 
@@ -78,11 +87,12 @@ def figure(state: dict, colour_by: str, selected: str | None, neighbour_ids: dic
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
         f"{n} · {_hit_rate(state['hits'][n])}" for n in names], horizontal_spacing=0.04)
     ids, titles, cats = state["ids"], state["titles"], state["categories"]
+    images = state.get("images") or [""] * len(ids)
     for col, name in enumerate(names, start=1):
         xy = np.asarray(state["coords"][name])
         groups = state["hits"][name] if colour_by == "target hit" else cats
         levels = (["hit", "miss", "no pair"] if colour_by == "target hit"
-                  else sorted(set(groups), key=lambda c: -groups.count(c)))
+                  else sorted(set(groups), key=lambda c: (-groups.count(c), c or "")))
         for j, level in enumerate(levels):
             idx = [i for i, g in enumerate(groups) if g == level]
             if not idx:
@@ -92,7 +102,8 @@ def figure(state: dict, colour_by: str, selected: str | None, neighbour_ids: dic
             fig.add_trace(go.Scattergl(
                 x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=level or "(none)", legendgroup=level,
                 showlegend=col == 1, marker=dict(size=6, color=colour, opacity=0.8),
-                customdata=[ids[i] for i in idx],
+                # [note id, image URL]: the page script selects by the first and shows the second on hover.
+                customdata=[[ids[i], images[i]] for i in idx],
                 text=[f"<b>{esc(titles[i])}</b><br>{esc(cats[i])}<br>{esc(state['hits'][name][i])} @ {HIT_K}"
                       for i in idx],
                 hovertemplate="%{text}<extra></extra>"), row=1, col=col)
@@ -159,7 +170,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
         colour_by = gr.Radio(["category", "target hit"], value="category", label="Colour by", scale=2)
         run = gr.Button("Compute map", variant="primary", scale=1, elem_id="explore-btn")
-    status = gr.Markdown("Hover a point for its title; click it (or pick it below) to see its neighbours.",
+    status = gr.Markdown("Hover a point for its title and image; click it (or pick it below) to see its neighbours.",
                          elem_classes=["wb-small"])
     plot = gr.Plot(show_label=False, elem_id="explore-map")
     note = gr.Dropdown(label="Selected note", choices=[], allow_custom_value=True, elem_id="explore-note")

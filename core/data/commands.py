@@ -99,10 +99,10 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from core.data.store import Store
+    from core.service import delete_dataset
 
-    Store(args.workspace).delete_dataset(args.name)
-    print(f"deleted dataset '{args.name}'")
+    delete_dataset(args.workspace, args.name)
+    print(f"deleted dataset '{args.name}' and its cached vectors")
     return 0
 
 

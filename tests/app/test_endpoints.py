@@ -1,8 +1,13 @@
 """Every tab's endpoints through gradio_client against a launched app (sample dataset, tiny runs)."""
 from __future__ import annotations
 
+import html
+import json
 import re
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -109,6 +114,20 @@ def test_explore_map_and_selection(client, app, query):
     fig, status = client.predict("sample", app.runs, "both", "category", api_name="/explore_map")
     assert "600 notes" in status and "⚠" not in status, status
     assert fig is not None
+    # every point carries [note id, image URL]; the URL serves the note's image and nothing outside the
+    # workspace's image folder is served
+    figure = json.loads(fig["plot"]) if isinstance(fig, dict) and "plot" in fig else fig
+    points = [point for trace in figure["data"] for point in trace.get("customdata") or []]
+    assert len(points) == 600 * len(app.runs)  # one map per variant
+    note_id, url = points[0]
+    note = app.backend.store.note("sample", note_id)
+    assert url.startswith("gradio_api/file=") and Path(note.image).name in url
+    served = urllib.request.urlopen(app.url + url, timeout=30).read()
+    assert served == Path(note.image).read_bytes()
+    outside = app.url + "gradio_api/file=" + urllib.parse.quote(str(REPO / "README.md"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(outside, timeout=30)
+    assert refused.value.code in (403, 404)
     # the map lives in the session's state: selecting a note reuses it and lists each variant's neighbours
     fig, neighbours = client.predict("target hit", query.note_id, api_name="/explore_select")
     assert neighbours.count('class="wb-col"') == 2 and cards(neighbours) > 0, neighbours[:500]
@@ -162,6 +181,21 @@ def test_import_good_upload(client, app, tmp_path):
     assert "mini" in app.backend.dataset_names()
     summary, *_ = client.predict("mini", api_name="/dataset_overview")
     assert "2 notes" in summary
+
+
+def test_delete_dataset_needs_the_typed_name(client, app, tmp_path):
+    notes = tmp_path / "notes.csv"
+    notes.write_text("note_id,title,content,image\nd1,Doomed,first,\nd2,Doomed too,second,\n")
+    app.backend.store.import_dataset("to-delete", notes)
+    report, datasets, choice, typed = client.predict("to-delete", "to-delet", api_name="/delete_dataset")
+    report = html.unescape(report)
+    assert "type the dataset name 'to-delete' to confirm" in report and "nothing was deleted" in report
+    assert "to-delete" in app.backend.dataset_names()
+    report, datasets, choice, typed = client.predict("to-delete", "to-delete", api_name="/delete_dataset")
+    assert "Deleted **to-delete**" in report and typed == ""
+    assert "to-delete" not in app.backend.dataset_names()
+    listed = [row[0] for row in datasets["data"]]
+    assert "to-delete" not in listed and "sample" in listed and choice["value"] == "sample"
 
 
 def test_finetune_start_stop_resume(client, app):

@@ -104,6 +104,26 @@ def test_explore_map(page, app):
                            "[class*=token]').length >= 1")
     page.locator("#explore-btn").click()
     page.wait_for_selector("#explore-map .js-plotly-plot", timeout=120_000)
+    # hover the first point of the map with the real mouse: its image floats beside the cursor
+    page.wait_for_function("(() => { const gd = document.querySelector('#explore-map .js-plotly-plot');"
+                           " return gd && gd._fullLayout && gd._fullData && gd._fullData.length > 0; })()")
+    x, y = page.evaluate("""() => {
+        const gd = document.querySelector('#explore-map .js-plotly-plot');
+        // _fullData: plotly.py may ship coordinates as typed-array blobs that only the full data decodes
+        const trace = gd._fullData.find((t) => Array.from(t.customdata || []).some((d) => d[1]));
+        const i = Array.from(trace.customdata).findIndex((d) => d[1]);
+        const axis = (name, letter) => gd._fullLayout[letter + 'axis' + (name.length > 1 ? name.slice(1) : '')];
+        const xa = axis(trace.xaxis || 'x', 'x'), ya = axis(trace.yaxis || 'y', 'y');
+        const box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(trace.x[i]), box.top + ya._offset + ya.l2p(trace.y[i])];
+    }""")
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=5)
+    page.wait_for_function("(() => { const box = document.getElementById('explore-hover-thumb');"
+                           " const img = box && box.querySelector('img');"
+                           " return box && box.style.display === 'block' && img.complete && img.naturalWidth > 0; })()")
+    shot(page, "04-explore-hover")
+    page.mouse.move(5, 5)
     pick(page, "explore-note", "[")
     page.wait_for_selector("#explore-neighbours .wb-card")
     shot(page, "04-explore")

@@ -63,3 +63,38 @@ def test_zero_shot_text_baseline_evaluates_like_a_run(workspace):
     result = service.evaluate_variant(workspace, "zs-text", "toy")
     assert result["queries"] > 0 and 0 <= result["recall@1"] <= 1
     assert service.neighbors(workspace, "zs-text", "toy", note_id="cars-1", k=2)[0]["note_id"].startswith("cars")
+
+
+def test_delete_dataset_needs_its_name_waits_for_jobs_and_drops_its_caches(tmp_path):
+    from core import jobs
+    from core.workspace import Workspace
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    import_learnable(root, "doomed")
+    import_learnable(root, "kept")
+    ws = Workspace.open(root)
+    doomed_vectors = ws.indexes_dir / "some-run" / "doomed"
+    kept_vectors = ws.indexes_dir / "some-run" / "kept"
+    for folder in (doomed_vectors, kept_vectors):
+        folder.mkdir(parents=True)
+        (folder / "vectors-both.npy").write_bytes(b"cached")
+
+    with pytest.raises(service.WorkbenchError, match="type the dataset name 'doomed' to confirm"):
+        service.delete_dataset(root, "doomed", confirm="doome")
+    with jobs._db(ws) as db:  # a queued job on the dataset: its worker is about to read the notes
+        db["jobs"].insert({"job_id": "j1", "kind": "train", "run": "r1", "dataset": "doomed", "state": "queued",
+                           "step": 0, "total": 1, "message": "", "pid": None, "pid_start": None, "log_path": "",
+                           "argv": "[]", "cancel_requested": 0, "created_at": "", "updated_at": ""})
+    with pytest.raises(service.WorkbenchError, match="in use by train job j1"):
+        service.delete_dataset(root, "doomed", confirm="doomed")
+    store = service._store(ws)
+    assert store.has_dataset("doomed") and doomed_vectors.exists()
+
+    with jobs._db(ws) as db:
+        db["jobs"].update("j1", {"state": "finished"})
+    service.delete_dataset(root, "doomed", confirm="doomed")
+    assert not store.has_dataset("doomed") and not doomed_vectors.exists()
+    assert store.has_dataset("kept") and kept_vectors.exists() and len(store.notes("kept")) > 0
+    with pytest.raises(service.WorkbenchError, match="doomed"):
+        service.delete_dataset(root, "doomed")
