@@ -135,6 +135,7 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
                              f"`python -m core build-openclipart --import-as {plan.dataset}`")
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    passes = _earlier_passes(plan, workspace)
     ablation: dict = {}
     for variant in plan.variants:
         per_seed = {}
@@ -142,7 +143,7 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
             run = _train(workspace, plan, variant, seed, log)
             per_seed[seed] = _evaluate(workspace, plan, run)
         ablation[variant] = _aggregate(per_seed)
-        _write_json(plan, ablation, None, started)
+        _write_json(plan, ablation, None, started, passes, workspace)
     for name in plan.zero_shot:
         log(f"evaluate {name}")
         ablation[name] = _aggregate({0: _evaluate(workspace, plan, name)})
@@ -151,19 +152,78 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     # Saliency is the slowest analysis; a rerun over the same finished runs reuses what it measured.
     saliency = {variant: earlier.get(variant) or _saliency(workspace, plan, variant, log)
                 for variant in plan.saliency_variants}
-    _write_json(plan, ablation, saliency, started)
+    _write_json(plan, ablation, saliency, started, passes, workspace)
     from core.reproduce_report import training_summary, write_report
 
     runs = [training_summary(workspace.run_dir(plan.run_name(variant, seed)))
             for variant in plan.variants for seed in plan.seeds_for(variant)]
-    write_report(plan, ablation, saliency, elapsed_s=time.time() - started, runs=[r for r in runs if r])
+    write_report(plan, ablation, saliency, elapsed_s=time.time() - started, runs=[r for r in runs if r],
+                 passes=passes + [_this_pass(plan, started, workspace)])
     return ablation
 
 
-def _write_json(plan: ReproducePlan, ablation: dict, saliency: dict | None, started: float) -> None:
-    meta = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(plan).items()}
+def _plan_meta(plan: ReproducePlan) -> dict:
+    def shown(value):
+        if not isinstance(value, Path):
+            return value
+        return str(value.relative_to(REPO_ROOT)) if value.is_relative_to(REPO_ROOT) else str(value)
+    return {key: shown(value) for key, value in asdict(plan).items()}
+
+
+_SAME_TABLE = ("dataset", "steps", "preset", "batch_pairs", "main_seeds", "other_seeds")
+
+
+def _earlier_passes(plan: ReproducePlan, workspace: Workspace) -> list[dict]:
+    """Earlier passes over the same table, so that a rerun that reuses every run still reports how long the
+    pass that trained them took. A file from before passes were recorded counts as one pass that ended when
+    the file was written."""
+    path = plan.results_dir / "ablation.json"
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    mine = json.loads(json.dumps(_plan_meta(plan)))  # tuples as the file has them: lists
+    if any(earlier.get("plan", {}).get(key) != mine[key] for key in _SAME_TABLE):
+        return []
+    if "passes" in earlier:
+        return list(earlier["passes"])
+    if "elapsed_s" in earlier:
+        ended = path.stat().st_mtime
+        began = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended - earlier["elapsed_s"]))
+        trained = _runs_created(plan, workspace, began, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)))
+        return [{"started": began, "elapsed_s": earlier["elapsed_s"], "trained": trained}] if trained else []
+    return []
+
+
+def _runs_created(plan: ReproducePlan, workspace: Workspace, began: str, ended: str | None = None) -> list[str]:
+    """The table's runs whose training started in [began, ended]: the runs a pass trained."""
+    created_runs = []
+    for variant in plan.variants:
+        for seed in plan.seeds_for(variant):
+            run = plan.run_name(variant, seed)
+            try:
+                created = json.loads((workspace.run_dir(run) / "run.json").read_text()).get("created_at", "")
+            except (OSError, json.JSONDecodeError):
+                continue
+            # Local ISO times (as the trainer writes them): string order is time order.
+            if created >= began and (ended is None or created <= ended):
+                created_runs.append(run)
+    return created_runs
+
+
+def _this_pass(plan: ReproducePlan, started: float, workspace: Workspace) -> dict:
+    began = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))
+    return {"started": began, "elapsed_s": round(time.time() - started),
+            "trained": _runs_created(plan, workspace, began)}
+
+
+def _write_json(plan: ReproducePlan, ablation: dict, saliency: dict | None, started: float,
+                passes: list[dict], workspace: Workspace) -> None:
+    this = _this_pass(plan, started, workspace)
+    # A pass that trained nothing says nothing about the table's cost: only the report mentions it.
+    kept = passes + [this] if this["trained"] else passes
     (plan.results_dir / "ablation.json").write_text(json.dumps(
-        {"plan": meta, "elapsed_s": round(time.time() - started), "results": ablation}, indent=1))
+        {"plan": _plan_meta(plan), "elapsed_s": this["elapsed_s"], "passes": kept, "results": ablation}, indent=1))
     if saliency is not None:
         (plan.results_dir / "saliency.json").write_text(json.dumps(saliency, indent=1))
 

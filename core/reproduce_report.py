@@ -60,15 +60,28 @@ def _claims(ablation) -> list[str]:
     if trained:
         top = max(trained.values())
         best = [v for v, m in trained.items() if m == top]
+        verdict = "`micl+late` is not the best here."
+        if "micl+late" in best:
+            others = {v: m for v, m in trained.items() if v != "micl+late"}
+            runner_up = max(others, key=others.get) if others else None
+            if runner_up is None:
+                verdict = "`micl+late` is best, as the paper claims."
+            else:
+                margin = max(_cell(ablation, "micl+late")[1] or 0, _cell(ablation, runner_up)[1] or 0,
+                             _half_interval(ablation, "micl+late"), _half_interval(ablation, runner_up))
+                lead = top - others[runner_up]
+                verdict = (f"`micl+late` is best, as the paper claims, by {100 * lead:.1f} points over `{runner_up}` "
+                           + ("(more than the margin" if lead > margin else "(within the margin")
+                           + f" ±{100 * margin:.1f}" + (")." if lead > margin else ", so not shown to be better)."))
         lines.append(f"3. Best trained variant on Recall@10 (all pairs, both modalities): "
-                     f"{', '.join(f'`{v}`' for v in best)} ({_fmt(top)}); "
-                     + ("`micl+late` is best, as the paper claims." if "micl+late" in best
-                        else "`micl+late` is not the best here."))
+                     f"{', '.join(f'`{v}`' for v in best)} ({_fmt(top)}); " + verdict)
     nl2, nl2_std = _cell(ablation, "micl+late")
     concat, _ = _cell(ablation, "zs-concat")
     if None not in (nl2, concat):
+        margin = max(nl2_std or 0, _half_interval(ablation, "micl+late"), _half_interval(ablation, "zs-concat"))
         lines.append(f"4. `micl+late` {_fmt(nl2, nl2_std)} vs the zero-shot `zs-concat` {_fmt(concat)}: "
-                     f"{'+' if nl2 >= concat else ''}{100 * (nl2 - concat):.1f} points.")
+                     f"{'+' if nl2 >= concat else ''}{100 * (nl2 - concat):.1f} points "
+                     + ("(beyond" if abs(nl2 - concat) > margin else "(within") + f" the margin ±{100 * margin:.1f}).")
     return lines
 
 
@@ -153,16 +166,31 @@ def _other_reports(plan) -> list[str]:
     return [os.path.relpath(path, plan.report_path.parent) for path in found]
 
 
+def _passes_text(passes: list[dict] | None, elapsed_s: float) -> str:
+    if not passes:
+        return (f"This pass took {elapsed_s / 60:.0f} minutes (finished runs, cached evaluations and measured "
+                "saliency are reused, not re-timed).")
+    described = []
+    for one in passes:
+        trained = one.get("trained")
+        what = ("trained no run (reused every run, evaluation and saliency)" if trained == [] else
+                f"trained {len(trained)} run(s)" if trained else "runs trained not recorded")
+        described.append(f"{one['started'].replace('T', ' ')}: {one['elapsed_s'] / 60:.0f} min, {what}")
+    return ("Passes over this table (each reuses what an earlier one finished): " + "; ".join(described)
+            + ". The wall time of the whole table is that of the pass that trained the runs.")
+
+
 def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float,
-                 runs: list[dict] | None = None) -> None:
+                 runs: list[dict] | None = None, passes: list[dict] | None = None) -> None:
     plots = _plots(plan, ablation, saliency)
     lines = [
         f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
         "",
         f"Dataset `{plan.dataset}`; preset `{plan.preset}`, {plan.steps} steps of {plan.batch_pairs} pairs for every "
         f"variant; seeds {list(plan.main_seeds)} for `basic` and `micl+late`, {list(plan.other_seeds)} for the rest. "
-        f"This pass took {elapsed_s / 60:.0f} minutes (finished runs, cached evaluations and measured saliency are "
-        "reused, not re-timed). Figures are Recall@k in percent (mean ± std over seeds).",
+        "Figures are Recall@k in percent (mean ± std over seeds).",
+        "",
+        _passes_text(passes, elapsed_s),
         "",
         f"Rerun: `python -m core reproduce --dataset {shlex.quote(plan.dataset)} --steps {plan.steps} "
         f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}`"

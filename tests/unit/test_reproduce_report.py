@@ -39,14 +39,15 @@ def test_claims_follow_the_numbers_whichever_way_they_come_out():
     assert "`micl` vs `basic`: 80.0 vs 61.0 ± 1.4: better than `basic`" in lines
     assert "`micl+late` vs `basic`" in lines and "worse than `basic`" in lines
     assert "`micl` (80.0)" in lines and "`micl+late` is not the best here." in lines
-    assert "-9.0 points" in lines  # micl+late 41.0 vs zs-concat 50.0
+    assert "-9.0 points (beyond the margin ±5.0)" in lines  # micl+late 41.0 vs zs-concat 50.0
 
     balanced = _ablation({"basic": [(0.60, 0.35, 0.35)], "micl+late": [(0.62, 0.40, 0.40)]})
     lines = "\n".join(_claims(balanced))
     assert "Does not hold here: the image carries weight" in lines
     # 2 points apart with ±5-point bootstrap intervals: not a difference
     assert "not distinguishable from `basic` (margin used: ±5.0)" in lines
-    assert "`micl+late` is best, as the paper claims." in lines
+    assert ("`micl+late` is best, as the paper claims, by 2.0 points over `basic` (within the margin ±5.0, "
+            "so not shown to be better).") in lines
 
 
 def test_report_writes_table_plots_and_run_summaries(tmp_path):
@@ -86,3 +87,36 @@ def test_training_summary_reads_run_files(tmp_path):
     assert summary == {"run": run.name, "variant": "basic", "seed": 1, "steps": 2, "step_s": 5.0,
                        "train_minutes": 10.0 / 60, "final_loss": 2.0}
     assert training_summary(tmp_path / "missing") is None
+
+
+def test_a_rerun_remembers_the_pass_that_trained_the_runs(tmp_path):
+    import os
+    import time
+
+    from core.reproduce import _earlier_passes, _this_pass
+    from core.reproduce_report import _passes_text
+    from core.workspace import Workspace
+
+    workspace = Workspace.open(tmp_path / "ws")
+    plan = ReproducePlan(dataset="toy", variants=("basic",), main_seeds=(0,), results_dir=tmp_path / "results")
+    plan.results_dir.mkdir()
+    # A file from before passes were recorded: it ended an hour ago after 30 minutes, during which the run began.
+    ended = time.time() - 3600
+    run = workspace.run_dir(plan.run_name("basic", 0))
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"created_at": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                                          time.localtime(ended - 600))}))
+    legacy = plan.results_dir / "ablation.json"
+    legacy.write_text(json.dumps({"plan": {"dataset": "toy", "steps": 100, "preset": "cpu", "batch_pairs": 16,
+                                           "main_seeds": [0], "other_seeds": [0]}, "elapsed_s": 1800}))
+    os.utime(legacy, (ended, ended))
+    passes = _earlier_passes(plan, workspace)
+    assert len(passes) == 1 and passes[0]["elapsed_s"] == 1800 and passes[0]["trained"] == [run.name]
+
+    this = _this_pass(plan, time.time(), workspace)
+    assert this["trained"] == []  # the run is older than this pass
+    text = _passes_text(passes + [this], 0)
+    assert "30 min, trained 1 run(s)" in text and "0 min, trained no run" in text
+
+    other = ReproducePlan(dataset="toy", steps=50, variants=("basic",), main_seeds=(0,), results_dir=plan.results_dir)
+    assert _earlier_passes(other, workspace) == []  # another budget is another table
