@@ -7,8 +7,6 @@ user sees. `cpu_pressure()` reads /proc/pressure/cpu so a results file says how 
 from __future__ import annotations
 
 import csv
-import os
-import platform
 import random
 import statistics
 import time
@@ -41,30 +39,9 @@ def cpu_pressure() -> float | None:
 
 
 def machine() -> dict:
-    import torch
+    from core.runtime import describe_machine
 
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": model, "cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "python": platform.python_version(), "cpu_pressure_avg10_at_start": cpu_pressure()}
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return {**describe_machine(), "cpu_pressure_avg10_at_start": cpu_pressure()}
 
 
 def sample_notes(count: int, seed: int = 0) -> list:

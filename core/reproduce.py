@@ -157,8 +157,8 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
 
     runs = [training_summary(workspace.run_dir(plan.run_name(variant, seed)))
             for variant in plan.variants for seed in plan.seeds_for(variant)]
-    write_report(plan, ablation, saliency, elapsed_s=time.time() - started, runs=[r for r in runs if r],
-                 passes=passes + [_this_pass(plan, started, workspace)])
+    write_report(plan, ablation, saliency, passes + [_this_pass(plan, started, workspace)],
+                 runs=[r for r in runs if r])
     return ablation
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 from pathlib import Path
 
@@ -129,18 +128,10 @@ def _plots(plan, ablation, saliency) -> list[str]:
 
 def machine_line() -> str:
     """What the numbers were measured on, so a reader can tell a CPU budget from a GPU one."""
-    import torch
+    from core.runtime import describe_machine
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {accelerator}; torch {torch.__version__}"
+    machine = describe_machine()
+    return f"{machine['cpu']}, {machine['cores']} cores, {machine.get('gpu', 'no GPU')}; torch {machine['torch']}"
 
 
 def training_summary(run_folder: Path) -> dict | None:
@@ -166,22 +157,18 @@ def _other_reports(plan) -> list[str]:
     return [os.path.relpath(path, plan.report_path.parent) for path in found]
 
 
-def _passes_text(passes: list[dict] | None, elapsed_s: float) -> str:
-    if not passes:
-        return (f"This pass took {elapsed_s / 60:.0f} minutes (finished runs, cached evaluations and measured "
-                "saliency are reused, not re-timed).")
+def _passes_text(passes: list[dict]) -> str:
     described = []
     for one in passes:
-        trained = one.get("trained")
-        what = ("trained no run (reused every run, evaluation and saliency)" if trained == [] else
-                f"trained {len(trained)} run(s)" if trained else "runs trained not recorded")
+        what = (f"trained {len(one['trained'])} run(s)" if one["trained"]
+                else "trained no run (reused every run, evaluation and saliency)")
         described.append(f"{one['started'].replace('T', ' ')}: {one['elapsed_s'] / 60:.0f} min, {what}")
     return ("Passes over this table (each reuses what an earlier one finished): " + "; ".join(described)
             + ". The wall time of the whole table is that of the pass that trained the runs.")
 
 
-def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float,
-                 runs: list[dict] | None = None, passes: list[dict] | None = None) -> None:
+def write_report(plan, ablation: dict, saliency: dict | None, passes: list[dict],
+                 runs: list[dict] | None = None) -> None:
     plots = _plots(plan, ablation, saliency)
     lines = [
         f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
@@ -190,7 +177,7 @@ def write_report(plan, ablation: dict, saliency: dict | None, elapsed_s: float,
         f"variant; seeds {list(plan.main_seeds)} for `basic` and `micl+late`, {list(plan.other_seeds)} for the rest. "
         "Figures are Recall@k in percent (mean ± std over seeds).",
         "",
-        _passes_text(passes, elapsed_s),
+        _passes_text(passes),
         "",
         f"Rerun: `python -m core reproduce --dataset {shlex.quote(plan.dataset)} --steps {plan.steps} "
         f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}`"

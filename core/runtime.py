@@ -3,17 +3,47 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+from pathlib import Path
 
 import torch
 
 from core.errors import WorkbenchError
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def configure_threads() -> None:
     """Use every core for intra-op work; torch's default can be lower inside containers."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
+
+
+def describe_machine() -> dict:
+    """What a measurement ran on: CPU model and bf16 features, cores, GPU, library versions."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = next((line for line in lines if line.startswith("flags")), "")
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": usable_cores(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "python": platform.python_version()}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def resolve_device(requested: str | None = None) -> torch.device:

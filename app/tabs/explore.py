@@ -87,7 +87,7 @@ def figure(state: dict, colour_by: str, selected: str | None, neighbour_ids: dic
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
         f"{n} · {_hit_rate(state['hits'][n])}" for n in names], horizontal_spacing=0.04)
     ids, titles, cats = state["ids"], state["titles"], state["categories"]
-    images = state.get("images") or [""] * len(ids)
+    images = state["images"]
     for col, name in enumerate(names, start=1):
         xy = np.asarray(state["coords"][name])
         groups = state["hits"][name] if colour_by == "target hit" else cats

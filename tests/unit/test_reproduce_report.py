@@ -61,7 +61,8 @@ def test_report_writes_table_plots_and_run_summaries(tmp_path):
                           {"layer": 1, "S_v": 0.03, "S_t": 0.5, "S_o": 0.2}]}
     runs = [{"run": "repro-openclipart-basic-cpu-100s-seed0", "variant": "basic", "seed": 0, "steps": 100,
              "step_s": 5.0, "train_minutes": 8.3, "final_loss": 1.25}]
-    write_report(plan, ablation, saliency, elapsed_s=600, runs=runs)
+    passes = [{"started": "2026-01-01T10:00:00", "elapsed_s": 600, "trained": [runs[0]["run"]]}]
+    write_report(plan, ablation, saliency, passes, runs=runs)
 
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| `basic` | 61.0 ± 1.4 | 60.0 | 11.0 ± 1.4 |" in report
@@ -115,7 +116,7 @@ def test_a_rerun_remembers_the_pass_that_trained_the_runs(tmp_path):
 
     this = _this_pass(plan, time.time(), workspace)
     assert this["trained"] == []  # the run is older than this pass
-    text = _passes_text(passes + [this], 0)
+    text = _passes_text(passes + [this])
     assert "30 min, trained 1 run(s)" in text and "0 min, trained no run" in text
 
     other = ReproducePlan(dataset="toy", steps=50, variants=("basic",), main_seeds=(0,), results_dir=plan.results_dir)
