@@ -44,7 +44,12 @@ def test_split_is_deterministic_and_does_not_leak():
     assert all(a not in test and b not in test for a, b in first.train_pairs)
     assert all(a in test and b in test for a, b in first.test_pairs)
     assert len(first.train_pairs) + len(first.test_pairs) + first.dropped_pairs == len(pairs)
-    assert len(test) == 40 and queries(first.test_pairs) == 20  # whole pairs chosen: one query per two notes
+    # Whole pairs chosen: one query per two notes (40 notes, 20 queries), plus 10% of the notes (20) held out
+    # as distractors that are nobody's target.
+    assert len(test) == 60 and queries(first.test_pairs) == 20
+    assert len(first.distractor_note_ids) == 20
+    paired_in_test = {n for pair in first.test_pairs for n in pair}
+    assert not paired_in_test & set(first.distractor_note_ids)
 
     subsets = first.subsets()
     threshold = first.length_threshold
@@ -53,6 +58,25 @@ def test_split_is_deterministic_and_does_not_leak():
     assert sorted(subsets["short_target"] + subsets["long_target"]) == sorted(first.test_pairs)
     assert all(lengths[q] <= threshold for q, _ in subsets["short_query"])
     assert all(lengths[t] > threshold for _, t in subsets["long_target"])
+
+
+def test_distractors_never_move_the_queries_and_pairless_notes_get_their_share():
+    ids, pairs = random_graph()
+    ids = ids + [f"lonely{i}" for i in range(50)]  # notes without any pair
+    plain = split_pairs(ids, pairs, 0.2, seed=1, distractor_fraction=0.0)
+    with_distractors = split_pairs(ids, pairs, 0.2, seed=1, distractor_fraction=0.1)
+    assert plain.test_pairs == with_distractors.test_pairs  # the same queries and targets
+    # 20% of the 50 pairless notes go to the held-out side under either setting; they cost no training pair.
+    lonely = [n for n in plain.test_note_ids if n.startswith("lonely")]
+    assert len(lonely) == 10 and lonely == [n for n in with_distractors.test_note_ids if n.startswith("lonely")]
+    assert plain.train_pairs == [p for p in pairs if p[0] not in set(plain.test_note_ids) and p[1] not in set(plain.test_note_ids)]
+    # Plus 10% of the 250 notes (25) drawn from the paired notes, whose pairs leave the training side.
+    assert len(with_distractors.distractor_note_ids) == 10 + 25
+    held_out = set(with_distractors.test_note_ids)
+    assert all(a not in held_out and b not in held_out for a, b in with_distractors.train_pairs)
+    assert len(with_distractors.train_pairs) < len(plain.train_pairs)
+    with pytest.raises(ValueError):
+        split_pairs(ids, pairs, 0.5, distractor_fraction=0.5)
 
 
 def test_split_edge_cases():
