@@ -18,7 +18,7 @@ import numpy as np
 from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION, load_zero_shot
 from core.data.schema import Note
 from core.errors import WorkbenchError
-from core.workspace import Workspace
+from core.workspace import Workspace, check_dataset_name, check_run_name
 
 Progress = Callable[[int, int], None]
 MODALITIES = ("both", "image", "text")
@@ -44,13 +44,21 @@ def _check_modality(modality: str) -> None:
 
 # --------------------------------------------------------------------------------------------- runs
 def run_info(workspace, run: str) -> dict:
-    folder = _ws(workspace).run_dir(run)
+    folder = _run_folder(workspace, run)
     try:
         info = json.loads((folder / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise WorkbenchError(f"unknown run '{run}' (no {folder / 'run.json'})") from None
+        raise WorkbenchError(f"unknown run '{run}' (it has no run.json)") from None
     info["has_weights"] = (folder / "model.safetensors").exists()
     return info
+
+
+def _run_folder(workspace, name: str):
+    """An existing run's folder through the workspace's one resolver (names that are paths are refused)."""
+    folder = _ws(workspace).resolve_variant(name)
+    if isinstance(folder, str):
+        raise WorkbenchError(f"'{name}' is a zero-shot baseline, not a trained run")
+    return folder
 
 
 def list_runs(workspace) -> list[dict]:
@@ -66,12 +74,12 @@ def list_runs(workspace) -> list[dict]:
 
 def encoder_fingerprint(workspace, name: str) -> str:
     """Changes whenever the encoder's weights do (a run's latest checkpoint), so caches keyed on it stay true."""
-    if name in ZERO_SHOT:
+    folder = _ws(workspace).resolve_variant(name)
+    if isinstance(folder, str):
         return f"{name}/v{ZERO_SHOT_VERSION}"
-    weights = _ws(workspace).run_dir(name) / "model.safetensors"
+    weights = folder / "model.safetensors"
     if not weights.exists():
-        known = ", ".join([r["run"] for r in list_runs(workspace)] + list(ZERO_SHOT))
-        raise WorkbenchError(f"unknown run or baseline '{name}' (no weights at {weights}; known: {known})")
+        raise WorkbenchError(f"run '{name}' has no weights yet (still training, or it failed before saving)")
     stat = weights.stat()
     return f"{name}/{stat.st_size}/{stat.st_mtime_ns}"
 
@@ -110,7 +118,7 @@ def load_encoder(workspace, name: str):
         else:
             from core.models.note_encoder import NoteEncoder
 
-            encoder = NoteEncoder.from_pretrained(ws.run_dir(name), device=device)
+            encoder = NoteEncoder.from_pretrained(_run_folder(ws, name), device=device)
             encoder.eval()
         _encoders[key] = (fingerprint, encoder)
         _encoders.move_to_end(key)
@@ -134,7 +142,8 @@ def _vector_cache(workspace, name: str, dataset: str, modality: str):
     from core.encode import VectorCache
 
     ws = _ws(workspace)
-    return VectorCache(ws.indexes_dir / name / dataset, modality, encoder_fingerprint(ws, name))
+    fingerprint = encoder_fingerprint(ws, name)  # resolves the name before it becomes part of a path
+    return VectorCache(ws.indexes_dir / name / check_dataset_name(dataset), modality, fingerprint)
 
 
 def note_vectors(workspace, name: str, dataset: str, notes: Sequence[Note], modality: str = "both",
@@ -213,9 +222,9 @@ def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", mo
         raise WorkbenchError(f"unknown split {split!r}; choose test, train or all")
     ws = _ws(workspace)
     store = _store(ws)
-    fingerprint = encoder_fingerprint(ws, name)
+    fingerprint = encoder_fingerprint(ws, name)  # resolves the name before it becomes part of a path
     data_fp = _dataset_fingerprint(store, dataset)
-    cache_file = ws.indexes_dir / name / dataset / f"eval-{split}-{modality}-{seed}.json"
+    cache_file = ws.indexes_dir / name / check_dataset_name(dataset) / f"eval-{split}-{modality}-{int(seed)}.json"
     if use_cache and cache_file.exists():
         try:
             cached = json.loads(cache_file.read_text())
@@ -289,6 +298,7 @@ def start_training(workspace, dataset: str, variant: str, run: str, preset: str 
     from core.train.trainer import Trainer, preset_configs
 
     ws = _ws(workspace)
+    check_run_name(run)  # before the trainer's own check: "-h" or "--resume" would be read as flags
     Trainer.check_run_name(run)
     train_defaults, _ = preset_configs(preset, variant, **overrides)
     store = _store(ws)
@@ -365,10 +375,7 @@ def delete_dataset(workspace, name: str, confirm: str | None = None) -> None:
 def run_events(workspace, run: str) -> list[dict]:
     from core.train.trainer import read_events
 
-    folder = _ws(workspace).run_dir(run)
-    if not folder.exists():
-        raise WorkbenchError(f"unknown run '{run}'")
-    return read_events(folder)
+    return read_events(_run_folder(workspace, run))
 
 
 def install_checkpoints(workspace, directory=None) -> list[str]:
