@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     test_fraction: float = 0.2
+    distractor_fraction: float = 0.1  # held-out notes that are nobody's target (core.data.splits)
     checkpoint_every: int = 50
     eval_every: int = 50  # held-out Recall@k every N steps (0: only at the end)
     eval_batch: int = 32
@@ -203,7 +204,8 @@ class Trainer:
         pairs = store.pairs(config.dataset)
         if not pairs:
             raise WorkbenchError(f"dataset '{config.dataset}' has no pairs: training needs related pairs (pairs.csv)")
-        split = split_dataset(store, config.dataset, config.test_fraction, config.split_seed)
+        split = split_dataset(store, config.dataset, config.test_fraction, config.split_seed,
+                              config.distractor_fraction)
         global_batch = config.batch_pairs * world
         if len(split.train_pairs) < global_batch:
             raise WorkbenchError(f"dataset '{config.dataset}' has {len(split.train_pairs)} training pairs after the "
@@ -226,9 +228,17 @@ class Trainer:
     def _optimizer(self, model: NoteEncoder, loss_module: ContrastiveLoss):
         config = self.config
         groups = model.trainable_groups()
+        # Weight decay on matrices only: norms, biases, scales, query tokens and the slot vector are not
+        # weights that overfit, and decaying the connector's output scale or the slot shrinks the image path.
+        decayed = lambda params: [p for p in params if p.ndim == 2]
+        kept = lambda params: [p for p in params if p.ndim != 2]
         param_groups = [
-            {"name": "new_modules", "params": groups["new_modules"], "lr": config.lr_new, "weight_decay": config.weight_decay},
-            {"name": "llm", "params": groups["llm"], "lr": config.lr_llm, "weight_decay": config.weight_decay},
+            {"name": "new_modules", "params": decayed(groups["new_modules"]), "lr": config.lr_new,
+             "weight_decay": config.weight_decay},
+            {"name": "new_modules_no_decay", "params": kept(groups["new_modules"]), "lr": config.lr_new,
+             "weight_decay": 0.0},
+            {"name": "llm", "params": decayed(groups["llm"]), "lr": config.lr_llm, "weight_decay": config.weight_decay},
+            {"name": "llm_no_decay", "params": kept(groups["llm"]), "lr": config.lr_llm, "weight_decay": 0.0},
             {"name": "temperature", "params": [loss_module.temperature] if config.learn_temperature else [],
              "lr": config.lr_temperature, "weight_decay": 0.0},
         ]
@@ -317,7 +327,8 @@ class Trainer:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self.run_dir / RUN_FILE, {
                     "run": config.run, "dataset": config.dataset, "variant": config.variant, "preset": config.preset,
-                    "split_seed": config.split_seed, "test_fraction": config.test_fraction, "world_size": world,
+                    "split_seed": config.split_seed, "test_fraction": config.test_fraction,
+                    "distractor_fraction": config.distractor_fraction, "world_size": world,
                     "train": asdict(config), "model": self.model_config.to_dict(), "status": "running",
                     "step": 0, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                 (self.run_dir / EVENTS_FILE).write_text("")
@@ -327,7 +338,10 @@ class Trainer:
 
         if saved is None and config.eval_every and is_main:
             # Recall before any training: the baseline every later evaluation is read against.
-            self._event({"step": 0, "event": "eval", **self.held_out_recall(model, split, notes_by_id, features)})
+            metrics = {"step": 0, **self.held_out_recall(model, split, notes_by_id, features)}
+            self._image_path_check(metrics, [], world)
+            self._event({"event": "eval", **metrics})
+        visual_losses: list[float] = []  # mICL image-side loss since the last evaluation
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         accelerator.wait_for_everyone()
 
@@ -348,15 +362,19 @@ class Trainer:
                                        accelerator, notes_by_id)
                 if is_main:
                     self._event(row)
+                if "visual_loss" in row:
+                    visual_losses.append(row["visual_loss"])
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", t=f"{row['temperature']:.3f}")
                     bar.update(1)
                 last = step == config.steps
                 if config.eval_every and step % config.eval_every == 0 or last:
                     if is_main:
-                        metrics = self.held_out_recall(model, split, notes_by_id, features)
-                        self._event({"step": step, "event": "eval", **metrics})
+                        metrics = {"step": step, **self.held_out_recall(model, split, notes_by_id, features)}
+                        self._image_path_check(metrics, visual_losses, world)
+                        self._event({"event": "eval", **metrics})
                         row.update({"eval": metrics})
+                    visual_losses = []
                     accelerator.wait_for_everyone()
                 if step % config.checkpoint_every == 0 or last:
                     self._checkpoint(step, model, loss_module, optimizer, scheduler, accelerator)
@@ -496,7 +514,33 @@ class Trainer:
         model.train()
         result = evaluate_vectors((ids, vectors), split.test_pairs, split.subsets(), ids, seed=0)
         keep = {k: v for k, v in result.items() if k.startswith("recall@") or k in ("queries", "pool", "mean_rank")}
+        if model.vision is not None:
+            from core.analysis.image_path import image_path_health
+
+            keep["image_path"] = image_path_health(model, [notes_by_id[n] for n in ids], split.test_pairs,
+                                                   features=features, batch_size=self.config.eval_batch)
+            model.train()
         return keep
+
+    def _image_path_check(self, metrics: dict, visual_losses: list[float], world: int) -> None:
+        """Adds the mICL visual loss against chance to the evaluation's image-path figures, and a sentence
+        when the path looks broken (in events.jsonl, and on the terminal)."""
+        from core.analysis.image_path import chance_loss, health_verdict
+
+        health = metrics.get("image_path")
+        if not health:
+            return
+        health["chance_loss"] = chance_loss(self.config.batch_pairs * world)
+        if visual_losses:
+            health["visual_loss"] = float(np.mean(visual_losses))
+        warm = metrics.get("step", 0) > max(1, self.config.warmup_ratio * self.config.steps)
+        verdict = health_verdict(health, health.get("visual_loss") if warm else None, health["chance_loss"])
+        if verdict:
+            metrics["warning"] = verdict
+            if self.progress_bar:
+                from tqdm import tqdm
+
+                tqdm.write(f"step {metrics.get('step')}: {verdict}")
 
     # ------------------------------------------------------------------------------------- records
     def _event(self, row: dict) -> None:

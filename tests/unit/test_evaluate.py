@@ -94,3 +94,88 @@ def test_ivf_index_finds_exact_neighbours_on_easy_data():
     ivf = VectorIndex(ids, vectors, kind="ivf", nlist=8, nprobe=8)
     flat = VectorIndex(ids, vectors)
     assert [i for i, _ in ivf.search(vectors[:3], 5)[0]] == [i for i, _ in flat.search(vectors[:3], 5)[0]]
+
+
+HAND_MADE = {
+    "q1": unit(1, 0, 0), "q2": unit(0, 1, 0), "q3": unit(0, 0, 1),
+    "t1": unit(1, 0.1, 0), "t2": unit(0.5, 1, 0.7), "t3": unit(1, 0.2, 0.1),
+    "x1": unit(0, 0.8, 0.6), "x2": unit(0.3, 0.3, 0.9),
+}
+HAND_PAIRS = [("q1", "t1"), ("q2", "t2"), ("q3", "t3")]
+HAND_HELD_OUT = ["q1", "t1", "q2", "t2", "q3", "t3", "x1", "x2"]
+HAND_CATEGORIES = {"q1": "A", "t1": "A", "q2": "B", "t2": "C", "x1": "B", "q3": "C", "t3": "C", "x2": "D"}
+
+
+def test_pool_holds_distractors_and_the_targets_protocol_is_kept_by_name():
+    result = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT)
+    assert result["protocol"] == "distractors"
+    assert (result["pool"], result["targets_in_pool"], result["distractors"]) == (5, 3, 2)
+    assert result["per_query"]["rank"] == {"q1": 0, "q2": 1, "q3": 3}
+    assert result["per_query"]["target"] == {"q1": "t1", "q2": "t2", "q3": "t3"}
+    # Targets only: x1 no longer outranks t2 for q2; for q3 only t2 (0.53) beats t3 (0.10).
+    targets = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, protocol="targets")
+    assert (targets["pool"], targets["distractors"]) == (3, 0)
+    assert targets["per_query"]["rank"] == {"q1": 0, "q2": 0, "q3": 1}
+    assert targets["recall@1"] == pytest.approx(2 / 3) and result["recall@1"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, protocol="everything")
+
+
+def test_chance_levels_are_k_over_pool_and_hypergeometric_for_categories():
+    result = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, categories=HAND_CATEGORIES)
+    assert result["chance"]["recall@1"] == pytest.approx(1 / 5)
+    assert result["chance"]["recall@5"] == pytest.approx(1.0)
+    assert result["chance"]["recall@10"] == pytest.approx(1.0)  # k >= pool
+    # Same-category notes in the pool: q1 -> {t1}, q2 -> {x1}, q3 -> {t2, t3}: 1/5, 1/5, 2/5 for one pick.
+    assert result["chance"]["category_hit@1"] == pytest.approx((1 / 5 + 1 / 5 + 2 / 5) / 3)
+    # Two picks out of 5 miss m notes with probability C(5-m, 2)/C(5, 2): 6/10 for m=1, 3/10 for m=2.
+    from core.evaluate import category_hit_chance, recall_chance
+    assert category_hit_chance(5, [1, 1, 2], 2) == pytest.approx(((1 - 0.6) * 2 + (1 - 0.3)) / 3)
+    assert recall_chance(1000, 10) == pytest.approx(0.01)
+    targets = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, protocol="targets")
+    assert targets["chance"]["recall@1"] == pytest.approx(1 / 3)
+
+
+def test_category_hit_counts_any_same_category_note_but_never_the_query():
+    result = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, categories=HAND_CATEGORIES)
+    # q1: t1 (A) first. q2: its target t2 is category C, but x1 (B, a distractor) is first: a category hit
+    # without a pair hit. q3 ranks x2 (D), x1 (B), t2 (C): its first same-category note is third.
+    assert result["per_query"]["category_rank"] == {"q1": 0, "q2": 0, "q3": 2}
+    assert result["category_hit@1"] == pytest.approx(2 / 3)
+    assert result["category_hit@5"] == pytest.approx(1.0)
+    assert result["category_queries"] == 3
+    # A category whose only other member is another query: queries are not candidates, so no hit is
+    # possible (rank None), and the chance level of that query is zero.
+    categories = dict(HAND_CATEGORIES, q1="Z", q2="Z", t1="A")
+    lonely = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT, categories=categories)
+    assert lonely["per_query"]["category_rank"]["q1"] is None
+    assert lonely["category_hit@5"] == pytest.approx(1 / 3)
+    # A query without a category is left out of the rate instead of counted as a miss.
+    unknown = evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT,
+                               categories=dict(HAND_CATEGORIES, q3=""))
+    assert unknown["category_queries"] == 2 and unknown["category_hit@1"] == pytest.approx(1.0)
+
+
+def test_category_rank_uses_the_same_seeded_tie_order_as_a_full_sort():
+    from core.evaluate import _tie_priority, best_member_ranks
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.integers(0, 3, size=(40, 30)) / 2, 5)  # many ties
+    members = rng.random((40, 30)) < 0.2
+    priority = _tie_priority(30, seed=7)
+    ranks = best_member_ranks(scores, priority, members)
+    for row in range(40):
+        order = np.lexsort((priority, -scores[row]))
+        expected = min((int(np.where(order == j)[0][0]) for j in np.where(members[row])[0]), default=-1)
+        assert ranks[row] == expected
+
+
+def test_per_query_hits_follow_subsets_and_metrics():
+    from core.evaluate import per_query_hits
+    subsets = {"short_query": [("q1", "t1"), ("q3", "t3")]}
+    result = evaluate_vectors(HAND_MADE, HAND_PAIRS, subsets, test_note_ids=HAND_HELD_OUT,
+                              categories=HAND_CATEGORIES)
+    assert per_query_hits(result, 1) == {"q1": 1.0, "q2": 0.0, "q3": 0.0}
+    assert per_query_hits(result, 2, subset="short_query") == {"q1": 1.0, "q3": 0.0}
+    assert per_query_hits(result, 1, metric="category_hit") == {"q1": 1.0, "q2": 1.0, "q3": 0.0}
+    with pytest.raises(ValueError):
+        per_query_hits(evaluate_vectors(HAND_MADE, HAND_PAIRS, test_note_ids=HAND_HELD_OUT), 1, "category_hit")
