@@ -4,8 +4,9 @@ modality, progress) -> float32 (N, d)`, L2-normalised):
     zs-text    frozen all-MiniLM-L6-v2 (sentence-transformers) on title + topics + content
     zs-image   the frozen vision tower's pooled feature (offline EfficientNet-Lite0)
     zs-concat  both, each L2-normalised, concatenated and renormalised
-    zs-llm     an untrained NoteEncoder (micl+late, offline backbones), built from a fixed seed and calibrated
-               on fixed notes, so every process builds the same one
+    zs-llm     the frozen LLM's last-token state on the text prompt with the one-word instruction
+    zs-mlrm    the untrained MLRM: a NoteEncoder (micl+late, offline backbones) with a random connector and
+               gate, built from a fixed seed and calibrated on the bundled sample's pictures
 
 Modality ablation as for runs: "image" empties the text, "text" replaces the image by a zero image.
 """
@@ -18,9 +19,10 @@ import torch
 
 from core.data.schema import Note
 from core.errors import WorkbenchError
+from core.workspace import ZERO_SHOT_NAMES
 
-ZERO_SHOT = ("zs-text", "zs-image", "zs-concat", "zs-llm")
-ZERO_SHOT_VERSION = "1"
+ZERO_SHOT = ZERO_SHOT_NAMES
+ZERO_SHOT_VERSION = "2"  # 2: zs-llm is the frozen LLM on the text prompt; the untrained MLRM is zs-mlrm
 ZS_LLM_SEED = 1234
 
 
@@ -93,21 +95,66 @@ class ZeroShotConcat:
         return _normalise(np.concatenate([_normalise(text), _normalise(image)], axis=1))
 
 
-_CALIBRATION_NOTES = [Note(str(i), title=t, content=c) for i, (t, c) in enumerate([
-    ("A red bird", "a small red bird on a branch"), ("Blue car", "a blue car on the road"),
-    ("Green tree", "a tall green tree in a park"), ("Music", "notes and a guitar"),
-])]
+class ZeroShotLLM:
+    """The frozen LLM's last-token state on the text prompt with the one-word instruction (the text-only
+    prompt shape, `Note: {title, topics, content}, compress this note into one word: "`): the
+    prompt-based sentence embedding that needs no training. No connector, no head: the vector is the
+    final-norm hidden state itself, L2-normalised. It sees no image, so "image only" gives one shared vector."""
+
+    name = "zs-llm"
+
+    def __init__(self, device: str | torch.device = "cpu", llm: str | None = None):
+        from core.models import provision
+        from core.models.note_encoder import NoteEncoder, NoteEncoderConfig
+
+        config = NoteEncoderConfig.for_variant("text", llm=llm or provision.OFFLINE_LLM, llm_tuning="frozen")
+        self.model = NoteEncoder(config, device=device).eval()
+
+    @torch.inference_mode()
+    def encode(self, notes: Sequence[Note], batch_size: int = 32, modality: str = "both", progress=None) -> np.ndarray:
+        model = self.model
+        lengths = [len(model.prompts.build(note, modality).ids) for note in notes]
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(notes), model.llm.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(notes), batch_size):
+            index = order[start:start + batch_size]
+            batch = model.collate([notes[i] for i in index], modality)
+            out[index] = model(batch).note_state.float().cpu().numpy()
+            if progress is not None:
+                progress(min(start + batch_size, len(notes)), len(notes))
+        return _normalise(out)
 
 
-def zero_shot_llm(device: str | torch.device = "cpu"):
-    """The untrained NoteLLM-2 (micl+late) with the offline backbones, reproducible from its seed."""
+# Real pictures of the bundled sample fix the untrained MLRM's late-fusion scale: calibrating on notes without
+# pictures scaled the image projection by the zero image's feature instead (about 200x too large).
+CALIBRATION_IMAGES = 16
+
+
+def _calibration_notes() -> list[Note]:
+    from core.workspace import REPO_ROOT
+
+    folder = REPO_ROOT / "data" / "sample" / "images"
+    images = sorted(folder.glob("*.jpg"))[:: max(1, len(sorted(folder.glob("*.jpg"))) // CALIBRATION_IMAGES)]
+    words = ["bird", "car", "tree", "music", "flower", "house", "star", "map"]
+    return [Note(str(i), title=f"A {words[i % len(words)]}", content=f"clip art of a {words[i % len(words)]}",
+                 image=str(path)) for i, path in enumerate(images[:CALIBRATION_IMAGES])]
+
+
+def untrained_mlrm(device: str | torch.device = "cpu"):
+    """The untrained NoteLLM-2 (micl+late) with the offline backbones: a random connector and gate, so a
+    floor for what training adds, not a zero-shot LLM. Reproducible from its seed; its late-fusion
+    projection is calibrated on real pictures of the bundled sample."""
     from core.models.note_encoder import NoteEncoder, NoteEncoderConfig
 
-    torch.manual_seed(ZS_LLM_SEED)
-    model = NoteEncoder(NoteEncoderConfig.for_variant("micl+late", llm_tuning="frozen"), device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ZS_LLM_SEED)
+        model = NoteEncoder(NoteEncoderConfig.for_variant("micl+late", llm_tuning="frozen"), device=device)
     model.eval()
+    notes = _calibration_notes()
+    if not notes:
+        raise WorkbenchError("the untrained MLRM needs the bundled sample's images (data/sample/images)")
     with torch.inference_mode():
-        model(model.collate(_CALIBRATION_NOTES))  # fixes the late-fusion calibration, independent of the data
+        model(model.collate(notes))  # fixes the late-fusion calibration on real pictures
     return model
 
 
@@ -119,5 +166,7 @@ def load_zero_shot(name: str, device: str | torch.device = "cpu", workspace_root
     if name == "zs-concat":
         return ZeroShotConcat(ZeroShotText(device), ZeroShotImage(device, workspace_root))
     if name == "zs-llm":
-        return zero_shot_llm(device)
+        return ZeroShotLLM(device)
+    if name == "zs-mlrm":
+        return untrained_mlrm(device)
     raise WorkbenchError(f"unknown zero-shot baseline {name!r}; choose one of {', '.join(ZERO_SHOT)}")

@@ -1,11 +1,14 @@
 """Frozen vision features, computed once per image and kept on disk in the workspace.
 
-The vision tower never trains, so a feature depends only on (tower, pixels): it is keyed by the tower's
-name and a hash of the image file's bytes, and reused by every run, epoch, evaluation and encoding. Store
-images are content-addressed already; hashing the bytes keeps the key honest for any other path too.
-Images given as PIL objects (composed in the UI) are computed and not stored.
+The vision tower never trains, so a feature depends only on (extractor, pixels). The extractor is the
+tower's fingerprint (its name, a digest of its weights, its mode and its image preprocessing), so features
+written by another tower, other weights, a tower in the wrong mode or an older preprocessing are never
+reused: they live in another folder. The pixels are a hash of the image file's bytes. Store images are
+content-addressed already; hashing the bytes keeps the key honest for any other path too. Images given as
+PIL objects (composed in the UI) are computed and not stored.
 
-Layout: WORKSPACE/cache/vision/<tower>/<key[:2]>/<key>.safetensors holding pooled, patches and has_image.
+Layout: WORKSPACE/cache/vision/<tower>-<fingerprint digest>/<key[:2]>/<key>.safetensors holding pooled,
+patches and has_image.
 """
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ def _slug(name: str) -> str:
 class VisionFeatureCache:
     def __init__(self, root: str | os.PathLike | None, tower, batch_size: int = 32):
         self.tower = tower
-        self.folder = Path(root) / "cache" / "vision" / _slug(tower.name) if root is not None else None
+        self.extractor = tower.fingerprint()
+        extractor_digest = hashlib.sha1(self.extractor.encode()).hexdigest()[:12]
+        self.folder = (Path(root) / "cache" / "vision" / f"{_slug(tower.name)}-{extractor_digest}"
+                       if root is not None else None)
         self.batch_size = batch_size
         self.memory: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
         self._key_of_path: dict[str, str] = {}
@@ -82,6 +88,9 @@ class VisionFeatureCache:
 
     def __call__(self, images: Sequence) -> tuple[VisionFeatures, torch.Tensor]:
         """(features, has_image) for images given as paths, PIL images or None; computes only what is missing."""
+        if self.tower.fingerprint() != self.extractor:
+            raise RuntimeError(f"the vision tower changed after its feature cache was made "
+                               f"({self.extractor} -> {self.tower.fingerprint()})")
         keys = [self.key(image) for image in images]
         entries: list = [None if key is None else self._load(key) for key in keys]
         missing = [i for i, entry in enumerate(entries) if entry is None]

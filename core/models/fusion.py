@@ -6,7 +6,8 @@ image feature, applied after the LLM, so the image reaches the final vector even
     h' = z * h + (1 - z) * v   no residual (the reference removed an earlier one)
 
 z is a direct read-out of how much of each dimension comes from the LLM (z -> 1) or the image (z -> 0).
-W_g starts at zero (z = 0.5 everywhere); W_p is rescaled on the first batch it sees so that |v| matches |h|.
+W_g starts at zero (z = 0.5 everywhere); W_p is rescaled on the first batch of real pictures it sees so that
+|v| matches |h|. A note without a picture keeps its LLM state (z = 1): there is nothing to fuse.
 """
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ class LateFusionGate(nn.Module):
     def project_image(self, image_feature: torch.Tensor) -> torch.Tensor:
         return self.image_projection(image_feature)
 
-    def forward(self, state: torch.Tensor, projected_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fused state, gate z) for an LLM state h and v = W_p c."""
+    def forward(self, state: torch.Tensor, projected_image: torch.Tensor,
+                has_image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused state, gate z) for an LLM state h and v = W_p c. Rows whose `has_image` is False have no
+        picture to fuse: their gate is 1 and they keep h."""
         z = torch.sigmoid(self.gate(torch.cat([state, projected_image], dim=-1)))
+        if has_image is not None:
+            z = torch.where(has_image.to(z.device).unsqueeze(-1), z, torch.ones_like(z))
         return z * state + (1 - z) * projected_image, z

@@ -26,13 +26,13 @@ from torch import nn
 
 from core.data.schema import Note
 from core.errors import WorkbenchError
-from core.models import fast_decoder, provision
+from core.models import fast_decoder, lora_train, provision
 from core.models.compact import dequantize_state, quantize_state
 from core.models.connector import MLPConnector, QFormer
 from core.models.fusion import LateFusionGate
 from core.models.llm import TINY_LLM, load_llm
 from core.models.prompts import IMAGE_MODES, IMAGE_TOKEN, SLOT_TOKEN, PromptBuilder, PromptConfig
-from core.models.vision import VisionFeatures, load_vision_tower
+from core.models.vision import PREPROCESSING, VisionFeatures, load_vision_tower
 from core.runtime import autocast, resolve_device, training_attention
 
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -69,6 +69,7 @@ class NoteEncoderConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     backbone_dtype: str = "bfloat16"  # frozen backbone weights; trainable modules stay fp32
+    image_preprocessing: str = "pad"  # pad | stretch (core/models/vision.py, square_on_white)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self):
@@ -82,6 +83,9 @@ class NoteEncoderConfig:
             raise WorkbenchError(f"llm_tuning must be lora, full or frozen, not {self.llm_tuning!r}")
         if self.backbone_dtype not in ("bfloat16", "float32"):
             raise WorkbenchError(f"backbone_dtype must be bfloat16 or float32, not {self.backbone_dtype!r}")
+        if self.image_preprocessing not in PREPROCESSING:
+            raise WorkbenchError(f"image_preprocessing must be one of {', '.join(PREPROCESSING)}, "
+                                 f"not {self.image_preprocessing!r}")
 
     @property
     def variant(self) -> str:
@@ -146,6 +150,7 @@ class NoteEncoder(nn.Module):
         if config.uses_image:
             self.vision = load_vision_tower(config.vision).to(backbone_dtype)
             self.vision.requires_grad_(False)
+            self.vision.preprocessing = config.image_preprocessing
         self.connector = None
         if config.image_mode != "none":
             if config.connector == "qformer":
@@ -168,7 +173,19 @@ class NoteEncoder(nn.Module):
         # fewer passes); False forces the model's own forward, e.g. to compare the two.
         self.fast_inference = True
         self._fused_llm: fast_decoder.FusedWeights | None = None
+        # Training forwards of a frozen-base LLM (LoRA, or frozen) run through core/models/lora_train.py (same
+        # function, about half the step time on CPU); False forces peft + transformers, the reference.
+        self.lean_training = True
+        self._lean_llm: lora_train.TrainWeights | None = None
         self.to(resolve_device(device) if not isinstance(device, torch.device) else device)
+
+    def train(self, mode: bool = True) -> "NoteEncoder":
+        """Frozen parts stay in eval mode while the rest trains: the vision tower always (see VisionTower),
+        and the LLM when it is not tuned at all."""
+        super().train(mode)
+        if self.config.llm_tuning == "frozen":
+            self.llm.eval()
+        return self
 
     # ----------------------------------------------------------------------------------------- building
     def _add_lora(self) -> None:
@@ -189,6 +206,18 @@ class NoteEncoder(nn.Module):
             return False
         # Hooks (analysis, debugging) expect the model's own modules to run.
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.llm.modules())
+
+    def _use_lean_training(self, llm_kwargs: dict, attention_mask: torch.Tensor | None) -> bool:
+        return (self.lean_training and torch.is_grad_enabled() and not llm_kwargs and attention_mask is None
+                and lora_train.supports(self.llm))
+
+    def _lean_llm_weights(self, use_autocast: bool) -> lora_train.TrainWeights:
+        dtype = torch.bfloat16 if use_autocast else None
+        key = lora_train.TrainWeights.state_key(self.llm, dtype)
+        if self._lean_llm is None or self._lean_llm.key != key:
+            self._lean_llm = None
+            self._lean_llm = lora_train.TrainWeights(self.llm, dtype)
+        return self._lean_llm
 
     def _fused_llm_weights(self, dtype: torch.dtype | None) -> fast_decoder.FusedWeights:
         key = fast_decoder.FusedWeights.state_key(self.llm, dtype)
@@ -275,7 +304,9 @@ class NoteEncoder(nn.Module):
             if self.connector is not None:
                 visual_tokens = self.connector(vision.pooled.float(), vision.patches.float())
             embeds = self.input_embeddings(input_ids, visual_tokens)
-            if not fast:
+            if self._use_lean_training(llm_kwargs, attention_mask):
+                hidden = lora_train.forward(self.llm, self._lean_llm_weights(use_autocast), embeds)
+            elif not fast:
                 with training_attention(device) if not llm_kwargs else contextlib.nullcontext():
                     hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
                                       **llm_kwargs).last_hidden_state
@@ -291,12 +322,17 @@ class NoteEncoder(nn.Module):
         fused_note, fused_visual = note_state, visual_state
         if self.fusion is not None:
             image_feature = vision.pooled.float()
-            if not bool(self.fusion.calibrated):
-                self.fusion.calibrate(note_state.detach(), image_feature)
+            real = (has_image.to(device) if has_image is not None
+                    else torch.ones(len(note_state), dtype=torch.bool, device=device))
+            if not bool(self.fusion.calibrated) and bool(real.any()):
+                # Only real pictures calibrate W_p: a zero image's feature has another scale altogether.
+                self.fusion.calibrate(note_state.detach()[real], image_feature[real])
             projected = self.fusion.project_image(image_feature)
-            fused_note, output.gate = self.fusion(note_state, projected)
+            # A note without a picture keeps its LLM state (gate 1): mixing in the zero image's feature
+            # would pull every image-less note towards one shared point.
+            fused_note, output.gate = self.fusion(note_state, projected, real)
             if visual_state is not None:
-                fused_visual, output.visual_gate = self.fusion(visual_state, projected)
+                fused_visual, output.visual_gate = self.fusion(visual_state, projected, real)
         output.embedding = F.normalize(self.head(fused_note), dim=-1)
         if fused_visual is not None:
             output.visual_embedding = F.normalize(self.head(fused_visual), dim=-1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from core.errors import WorkbenchError
@@ -43,30 +43,74 @@ class VisionFeatures:
 
 
 def open_image(image) -> Image.Image | None:
-    """A PIL RGB image from a PIL image or a path; None when absent or unreadable (the caller flags it)."""
+    """A PIL RGB image from a PIL image or a path; None when absent, unreadable or over the pixel cap (the
+    caller flags it). Decoding goes through the workbench's one capped image opener: a small file that
+    claims a huge size must not be decoded in the serving process."""
+    from core.data.images import ImageProblem, decode_image
+
     if image is None or (isinstance(image, str) and not image.strip()):
         return None
-    if isinstance(image, Image.Image):
-        picture = image
-    else:
-        try:
-            picture = Image.open(Path(image))
-            picture.load()
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError):
-            return None
-    if picture.mode in ("RGBA", "LA", "P"):
-        picture = picture.convert("RGBA")
-        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(background, picture)
-    return picture.convert("RGB")
+    try:
+        return decode_image(image)
+    except ImageProblem:
+        return None
+
+
+# How a picture becomes the tower's square input. "pad" trims near-white margins and pads the drawing onto a
+# white square, so a tall or wide picture keeps its shape (clip art is mostly thin drawings on white, which
+# "stretch" distorts and which a centre crop cuts); "stretch" resizes to the square, as early versions did.
+PREPROCESSING = ("pad", "stretch")
+WHITE_THRESHOLD = 245  # a channel at or above this is background when trimming margins
+MARGIN_FRACTION = 0.04  # white border kept around the trimmed drawing, as a share of its longer side
+PIXELS_VERSION = "2"  # bump when pixels() changes in a way the fingerprint cannot see
+
+
+def square_on_white(picture: Image.Image, size: int, preprocessing: str = "pad") -> Image.Image:
+    """An RGB `size` x `size` version of `picture` under the given preprocessing."""
+    if preprocessing == "stretch":
+        return picture.resize((size, size), Image.BICUBIC)
+    if preprocessing != "pad":
+        raise WorkbenchError(f"image preprocessing must be one of {', '.join(PREPROCESSING)}, not {preprocessing!r}")
+    grey = picture.convert("L").point(lambda value: 255 if value < WHITE_THRESHOLD else 0)
+    box = grey.getbbox()  # bounding box of the non-white pixels; None for a blank picture
+    if box is not None:
+        picture = picture.crop(box)
+    width, height = picture.size
+    side = max(width, height)
+    side += 2 * int(round(MARGIN_FRACTION * side))
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(picture, ((side - width) // 2, (side - height) // 2))
+    return canvas.resize((size, size), Image.BICUBIC)
 
 
 class VisionTower(nn.Module):
-    """Base class. Subclasses set `name`, `width`, `grid`, and implement `pixels` and `features`."""
+    """Base class. Subclasses set `name`, `width`, `grid`, and implement `pixels` and `features`.
+
+    A tower is frozen: it never leaves eval mode, whatever `train()` its owner calls. (A tower in training
+    mode applies drop-connect or dropout, and its "frozen" features then change from pass to pass.)"""
 
     name: str
     width: int
     grid: tuple[int, int]
+    preprocessing: str = "pad"
+
+    def train(self, mode: bool = True) -> "VisionTower":
+        return super().train(False)
+
+    def fingerprint(self) -> str:
+        """Names what produces this tower's features: its name, a digest of its weights, its mode and its
+        preprocessing. Feature caches are keyed by it, so features from another extractor are never reused."""
+        import hashlib
+
+        digest = getattr(self, "_weights_digest", None)
+        if digest is None:
+            hasher = hashlib.sha1()
+            for key, tensor in sorted(self.state_dict().items()):
+                hasher.update(key.encode())
+                hasher.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            digest = self._weights_digest = hasher.hexdigest()[:16]
+        mode = "train" if self.training else "eval"
+        return f"{self.name}|{digest}|{mode}|{self.preprocessing}|{PIXELS_VERSION}"
 
     def pixels(self, images: list[Image.Image | None]) -> torch.Tensor:
         raise NotImplementedError
@@ -110,7 +154,7 @@ class EfficientNetLite0Tower(VisionTower):
         for row, picture in enumerate(images):
             if picture is None:
                 continue  # zero image, as the reference feeds for a missing picture
-            resized = picture.resize((size, size), Image.BICUBIC)
+            resized = square_on_white(picture, size, self.preprocessing)
             array = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(size, size, 3)
             # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
             batch[row] = (array.permute(2, 0, 1).float() - 127.0) / 128.0
@@ -200,7 +244,8 @@ class HFVisionTower(VisionTower):
 
     def pixels(self, images):
         blank = Image.new("RGB", (self.image_size, self.image_size))
-        real = [picture if picture is not None else blank for picture in images]
+        real = [square_on_white(picture, self.image_size, self.preprocessing) if picture is not None else blank
+                for picture in images]
         values = self.processor(images=real, return_tensors="pt")["pixel_values"]
         for row, picture in enumerate(images):
             if picture is None:

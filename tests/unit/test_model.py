@@ -37,8 +37,68 @@ def test_outputs_match_the_variant_switches(models, variant):
     assert (output.visual_embedding is not None) == (image_mode == "micl")
     assert (output.gate is not None) == late
     if late:
-        assert torch.all(output.gate > 0) and torch.all(output.gate < 1)
+        real = output.has_image
+        assert torch.all(output.gate[real] > 0) and torch.all(output.gate[real] < 1)
         assert output.gate.shape == output.note_state.shape
+        # A note without a picture keeps its LLM state: nothing is fused into it.
+        assert not bool(real.all())
+        assert torch.all(output.gate[~real] == 1)
+
+
+def test_late_fusion_formula_gate_weights_the_llm_state():
+    """h' = z h + (1 - z) v: z is the LLM's share. An inverted formula (z on the image) fails here."""
+    from core.models.fusion import LateFusionGate
+
+    gate = LateFusionGate(vision_width=3, llm_width=2)
+    with torch.no_grad():
+        gate.gate.weight.zero_()
+        gate.gate.weight[:, 0] = 50.0  # z -> 1 when h[0] is large and positive
+    state = torch.tensor([[1.0, 2.0]])
+    image = torch.tensor([[10.0, 20.0]])
+    fused, z = gate(state, image)
+    assert torch.all(z > 0.999)
+    torch.testing.assert_close(fused, state, atol=1e-3, rtol=0)
+    fused, z = gate(state, image, has_image=torch.tensor([False]))
+    torch.testing.assert_close(fused, state)
+
+
+def test_fusion_calibration_ignores_notes_without_pictures(models):
+    """W_p is scaled on real pictures only: a batch of image-less notes leaves it uncalibrated, and a batch
+    with pictures scales |W_p c| to |h| on those pictures."""
+    from core.models.note_encoder import NoteEncoder, NoteEncoderConfig
+
+    model = NoteEncoder(NoteEncoderConfig.tiny("late"), device="cpu")
+    before = model.fusion.image_projection.weight.detach().clone()
+    no_pictures = [type(note)(note_id=note.note_id, title=note.title, content=note.content) for note in sample_notes()]
+    with torch.no_grad():
+        model(model.collate(no_pictures))
+    assert not bool(model.fusion.calibrated)
+    torch.testing.assert_close(model.fusion.image_projection.weight, before)
+    with torch.no_grad():
+        output = model(model.collate(sample_notes()))
+    assert bool(model.fusion.calibrated)
+    real = output.has_image
+    vision, _ = model.image_features([n.image for n in sample_notes()])
+    projected = model.fusion.project_image(vision.pooled.float())[real]
+    ratio = projected.pow(2).mean().sqrt() / output.note_state[real].pow(2).mean().sqrt()
+    assert abs(float(ratio.detach()) - 1.0) < 1e-3
+
+
+def test_frozen_tower_gives_the_same_features_in_training_and_evaluation(models):
+    """model.train() must not reach the frozen vision tower (dropout/drop-connect would change its features)."""
+    model = models["micl+late"]
+    images = [n.image for n in sample_notes()]
+    for module in model.vision.modules():  # give the tiny tower a training-mode behaviour to leak
+        if isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.5
+    model.train()
+    assert not model.vision.training
+    model._feature_cache.clear()
+    during_training, _ = model.image_features(images)
+    model.eval()
+    model._feature_cache.clear()
+    during_evaluation, _ = model.image_features(images)
+    torch.testing.assert_close(during_training.pooled, during_evaluation.pooled, rtol=0, atol=0)
 
 
 def test_missing_and_unreadable_images_become_zero_images_and_are_flagged(models, tmp_path):
