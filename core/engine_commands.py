@@ -80,6 +80,8 @@ def register(subparsers) -> None:
     p.add_argument("--modality", default="both", choices=("both", "image", "text"))
     p.add_argument("--seed", type=int, default=0, help="tie-breaking and bootstrap seed")
     p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result matches")
+    p.add_argument("--protocol", default="distractors", choices=("distractors", "targets"),
+                   help="candidate pool: every held-out non-query note (default) or the targets only")
     add_workspace_argument(p)
     p.set_defaults(func=cmd_eval)
 
@@ -185,6 +187,6 @@ def cmd_eval(args) -> int:
 
     result = service.evaluate_variant(args.workspace, args.run, args.dataset, args.split, args.modality, args.seed,
                                       progress=_tqdm_progress(f"encode {args.dataset} with {args.run}"),
-                                      use_cache=not args.no_cache)
+                                      use_cache=not args.no_cache, protocol=args.protocol)
     print(json.dumps(result))
     return 0

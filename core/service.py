@@ -193,16 +193,24 @@ def neighbors(workspace, name: str, dataset: str, note_id: str | None = None, qu
 
 # ---------------------------------------------------------------------------------------- evaluation
 def split_for(workspace, name: str, dataset: str):
-    """The test split a variant is evaluated on: a run's own (seed, fraction) when it was trained on this
-    dataset, otherwise the default (seed 0, 20%), so zero-shot and trained variants share one split."""
-    from core.data.splits import split_dataset
+    """The test split a variant is evaluated on: a run's own (seed, fractions) when it was trained on this
+    dataset, otherwise the default (seed 0, 20%, default distractors), so zero-shot and trained variants share
+    one split. A run that recorded no distractor fraction trained before distractors were held out: its
+    split holds none (its training saw those notes)."""
+    from core.data.splits import DEFAULT_DISTRACTOR_FRACTION, split_dataset
 
-    seed, fraction = 0, 0.2
+    seed, fraction, distractors = 0, 0.2, DEFAULT_DISTRACTOR_FRACTION
     if name not in ZERO_SHOT:
         info = run_info(workspace, name)
         if info.get("dataset") == dataset:
             seed, fraction = info.get("split_seed", 0), info.get("test_fraction", 0.2)
-    return split_dataset(_store(workspace), dataset, fraction, seed)
+            distractors = info.get("distractor_fraction", 0.0)
+    return split_dataset(_store(workspace), dataset, fraction, seed, distractors)
+
+
+# Part of the evaluation cache's key: results written by an earlier evaluation (targets-only pool, no
+# per-query ranks) are computed again instead of reused.
+EVAL_VERSION = 2
 
 
 def _dataset_fingerprint(store, dataset: str) -> str:
@@ -213,10 +221,14 @@ def _dataset_fingerprint(store, dataset: str) -> str:
 
 
 def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", modality: str = "both",
-                     seed: int = 0, progress: Progress | None = None, use_cache: bool = True) -> dict:
-    """The evaluation JSON (NOTELLM2.md "Evaluation"): recall@k, its bootstrap interval, length subsets."""
-    from core.evaluate import evaluate_vectors
+                     seed: int = 0, progress: Progress | None = None, use_cache: bool = True,
+                     protocol: str = "distractors") -> dict:
+    """The evaluation JSON (NOTELLM2.md "Evaluation"): recall@k, its bootstrap interval, chance levels,
+    category hit@k, length subsets, per-query ranks. `protocol`: the candidate pool (core.evaluate)."""
+    from core.evaluate import PROTOCOLS, evaluate_vectors
 
+    if protocol not in PROTOCOLS:
+        raise WorkbenchError(f"unknown protocol {protocol!r}; choose {' or '.join(PROTOCOLS)}")
     _check_modality(modality)
     if split not in ("test", "train", "all"):
         raise WorkbenchError(f"unknown split {split!r}; choose test, train or all")
@@ -224,11 +236,11 @@ def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", mo
     store = _store(ws)
     fingerprint = encoder_fingerprint(ws, name)  # resolves the name before it becomes part of a path
     data_fp = _dataset_fingerprint(store, dataset)
-    cache_file = ws.indexes_dir / name / check_dataset_name(dataset) / f"eval-{split}-{modality}-{int(seed)}.json"
+    cache_file = ws.indexes_dir / name / check_dataset_name(dataset) / f"eval-{split}-{modality}-{int(seed)}-{protocol}.json"
     if use_cache and cache_file.exists():
         try:
             cached = json.loads(cache_file.read_text())
-            if cached.get("_fingerprint") == [fingerprint, data_fp]:
+            if cached.get("_fingerprint") == [fingerprint, data_fp, EVAL_VERSION]:
                 cached.pop("_fingerprint")
                 return cached
         except (OSError, json.JSONDecodeError):
@@ -243,18 +255,21 @@ def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", mo
         note_ids, subsets = list(dict.fromkeys(n for pair in pairs for n in pair)), {}
     if not pairs:
         raise WorkbenchError(f"dataset '{dataset}' has no {split} pairs to evaluate on")
-    paired = {n for pair in pairs for n in pair}
-    note_ids = [n for n in note_ids if n in paired]
+    if split != "test":  # only the held-out side has distractors; elsewhere a pairless note is no candidate
+        paired = {n for pair in pairs for n in pair}
+        note_ids = [n for n in note_ids if n in paired]
     notes = store.notes(dataset, note_ids)
     vectors = note_vectors(ws, name, dataset, notes, modality, progress)
     result = {"variant": name, "dataset": dataset, "split": split, "modality": modality,
-              "split_seed": parts.seed, "test_fraction": parts.test_fraction}
+              "split_seed": parts.seed, "test_fraction": parts.test_fraction,
+              "distractor_fraction": parts.distractor_fraction}
     result.update(evaluate_vectors(([n.note_id for n in notes], vectors), pairs, subsets,
-                                   [n.note_id for n in notes], seed=seed))
+                                   [n.note_id for n in notes], seed=seed,
+                                   categories={n.note_id: n.category for n in notes}, protocol=protocol))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     from core.train.checkpoint import write_json_atomic
 
-    write_json_atomic(cache_file, {**result, "_fingerprint": [fingerprint, data_fp]})
+    write_json_atomic(cache_file, {**result, "_fingerprint": [fingerprint, data_fp, EVAL_VERSION]})
     return result
 
 
@@ -268,7 +283,8 @@ def evaluation_table(workspace, dataset: str, names: Sequence[str], modalities=M
     for name in names:
         for modality in modalities:
             result = evaluate_variant(workspace, name, dataset, split, modality, seed, progress)
-            recalls = {k: v for k, v in result.items() if k.startswith("recall@") and not k.endswith("ci95")}
+            recalls = {k: v for k, v in result.items()
+                       if k.startswith(("recall@", "category_hit@")) and not k.endswith("ci95")}
             low, high = result.get("recall@10_ci95", [None, None])
             rows.append({"variant": name, "split": "all", "modality": modality, "queries": result["queries"],
                          "pool": result["pool"], **recalls, "recall@10_low": low, "recall@10_high": high})

@@ -59,6 +59,26 @@ def test_evaluation_json_and_table(workspace):
     assert {"all", "short_query", "long_target"} <= set(table["split"])
 
 
+def test_evaluation_pool_holds_distractors_and_a_run_keeps_the_split_it_trained_on(workspace):
+    import json
+
+    result = service.evaluate_variant(workspace, "tiny-run", "toy")
+    targets = service.evaluate_variant(workspace, "tiny-run", "toy", protocol="targets")
+    assert result["distractor_fraction"] == 0.1 and result["distractors"] > 0
+    assert result["pool"] == targets["pool"] + result["distractors"] and targets["distractors"] == 0
+    assert result["per_query"]["rank"].keys() == targets["per_query"]["rank"].keys()  # the same queries
+    assert result["chance"]["recall@10"] == pytest.approx(min(10, result["pool"]) / result["pool"])
+    assert "category_hit@10" in result and "category_hit@10" in result["chance"]
+    # A run from before distractors were held out trained on those notes: its split holds none.
+    run_file = service._run_folder(workspace, "tiny-run") / "run.json"
+    info = json.loads(run_file.read_text())
+    try:
+        run_file.write_text(json.dumps({k: v for k, v in info.items() if k != "distractor_fraction"}))
+        assert service.split_for(workspace, "tiny-run", "toy").distractor_note_ids == []
+    finally:
+        run_file.write_text(json.dumps(info))
+
+
 def test_zero_shot_text_baseline_evaluates_like_a_run(workspace):
     result = service.evaluate_variant(workspace, "zs-text", "toy")
     assert result["queries"] > 0 and 0 <= result["recall@1"] <= 1
