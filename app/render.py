@@ -8,16 +8,17 @@ from functools import lru_cache
 
 from PIL import Image
 
+from core.data.images import decode_image
+
 THUMB = 112
 
 
 @lru_cache(maxsize=4096)
 def _thumb_cached(path: str, size: int, mtime: float) -> str:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
+    image = decode_image(path, draft_side=size)  # capped: a thumbnail never decodes a bomb
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -29,7 +30,7 @@ def thumb(image, size: int = THUMB) -> str | None:
         return None
     try:
         if isinstance(image, Image.Image):
-            copy = image.convert("RGB")
+            copy = decode_image(image)
             copy.thumbnail((size, size))
             buffer = io.BytesIO()
             copy.save(buffer, format="JPEG", quality=80)

@@ -33,7 +33,26 @@ def compose_note(title, content, topics, image):
     tags = [t.strip().lstrip("#") for t in (topics or "").replace("#", ",").split(",") if t.strip().lstrip("#")]
     if not (title or content or tags) and image is None:
         return None
+    if image is not None:
+        image = composed_image(image)
     return Note(note_id="(composed query)", title=title, content=content, topics=tags, image=image)
+
+
+def composed_image(image):
+    """An uploaded query image decoded through core's capped opener and shrunk as an import would: a bomb
+    is refused with a sentence, and no full-size copy stays in memory."""
+    from PIL import Image
+
+    from core.data.images import ImageLimits, ImageProblem, decode_image
+    from core.errors import WorkbenchError
+
+    side = ImageLimits().max_side
+    try:
+        picture = decode_image(image, draft_side=side)
+    except ImageProblem as problem:
+        raise WorkbenchError(f"the query image cannot be used: {problem}") from None
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return picture
 
 
 def neighbours(backend: Backend, dataset, variant, note_id=None, query=None, k=10, modality="both"):

@@ -70,7 +70,10 @@ def build(backend: Backend, dataset: gr.Dropdown):
                 title = gr.Textbox(label="Title", elem_id="compose-title")
                 content = gr.Textbox(label="Text", lines=3)
                 topics = gr.Textbox(label="Topics (comma separated)")
-                image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=180)
+                # A file path, not PIL: Gradio would decode the upload in full before core's capped opener
+                # could refuse a decompression bomb.
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 height=180)
             variant = gr.Dropdown(label="Variant", choices=[], allow_custom_value=True, elem_id="search-variant")
             variant_info = gr.Markdown(elem_classes=["wb-small"])
             modality = gr.Radio(MODALITIES, value="both", label="Modality of the query and candidates",

@@ -6,6 +6,10 @@ Safety first, since uploads come from anywhere:
 - a folder is read only below its root: `..` in an image cell and symlinks that leave the folder are refused;
 - sizes are checked before decoding: the file's bytes (and a zip member's declared size), then the pixel
   count from the image header (decompression bombs), and only then the pixels are decoded;
+- every image the workbench decodes (imports, stored images, a query composed in the app, thumbnails) goes
+  through `decode_image`, whose pixel cap is sized for what is kept: a 512 px normalised image, 160-512 px
+  thumbnails and a vision tower's 224-384 px input. Pillow's own global limit is set to the same cap, so an
+  `Image.open` elsewhere in the process (Gradio's upload handling) refuses the same bombs;
 - only raster formats Pillow decodes itself are opened (no EPS, which would run Ghostscript).
 """
 from __future__ import annotations
@@ -29,12 +33,16 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 LOSSLESS_FORMATS = ("PNG", "GIF", "BMP")  # line art and icons stay PNG; photos become JPEG
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JPEG_QUALITY = 90
+# 16 Mpx (a 4000x4000 picture, a 12 Mpx phone photo fits) decodes to at most 64 MB as RGBA; everything
+# the workbench keeps of an image is at most 512 px a side, so more pixels buy nothing but memory.
+MAX_PIXELS = 16_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024  # one image file
-    max_pixels: int = 50_000_000  # width x height from the header; more is a likely decompression bomb
+    max_pixels: int = MAX_PIXELS  # width x height from the header; more is a likely decompression bomb
     max_side: int = 512  # longest side of the normalised image
 
 
@@ -42,39 +50,67 @@ class ImageProblem(Exception):
     """Why one image cannot be used; becomes a row problem of the note that names it."""
 
 
-def normalise_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bytes, str]:
-    """Decode, check and normalise one image: RGB (transparency composited on white), longest side at
-    most `limits.max_side`, PNG for lossless sources and JPEG otherwise. Returns (bytes, extension)."""
-    if len(data) > limits.max_bytes:
-        raise ImageProblem(f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}")
+def decode_image(source, max_pixels: int = MAX_PIXELS, draft_side: int | None = None) -> Image.Image:
+    """The one way the workbench turns a file, bytes or a PIL image into pixels: refuses (ImageProblem)
+    before decoding when the header claims more than `max_pixels`; returns an RGB image with EXIF
+    orientation applied and transparency composited on white. `draft_side` lets a JPEG decode at a
+    reduced scale that still covers that many pixels a side."""
+    return _decode(source, max_pixels, draft_side)[0]
+
+
+def _decode(source, max_pixels: int, draft_side: int | None) -> tuple[Image.Image, str | None]:
+    if isinstance(source, Image.Image):  # decoded by someone else: still refuse to carry a huge one further
+        width, height = source.size
+        if width * height > max_pixels:
+            raise ImageProblem(_too_many(width, height, max_pixels))
+        return to_rgb(source), source.format
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        source = Path(source)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = Image.open(source, formats=ALLOWED_FORMATS)
         except UnidentifiedImageError:
             raise ImageProblem("not an image (unrecognised or unsupported format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             claimed = re.search(r"\((\d+) pixels\)", str(error))
             size = f"{int(claimed.group(1)) / 1e6:,.0f} Mpx" if claimed else "too many pixels"
-            raise ImageProblem(f"image header claims {size}, over the limit of {limits.max_pixels / 1e6:,.0f} Mpx"
+            raise ImageProblem(f"image header claims {size}, over the limit of {max_pixels / 1e6:,.0f} Mpx"
                                " (a decompression bomb?)") from None
+        except FileNotFoundError:
+            raise ImageProblem("image file not found") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageProblem(f"corrupt image ({error})") from None
-        width, height = image.size
-        if width <= 0 or height <= 0 or width * height > limits.max_pixels:
-            raise ImageProblem(f"image header claims {width}x{height} pixels ({width * height / 1e6:,.0f} Mpx), over the "
-                               f"limit of {limits.max_pixels / 1e6:,.0f} Mpx (a decompression bomb?)")
-        source_format = image.format
-        try:
-            if source_format == "JPEG":
-                image.draft("RGB", (limits.max_side, limits.max_side))  # decode big JPEGs at a reduced scale
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            rgb = to_rgb(image)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageProblem("image decodes to too many pixels (a decompression bomb?)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise ImageProblem(f"truncated or corrupt image ({error})") from None
+        with image:
+            width, height = image.size
+            if width <= 0 or height <= 0 or width * height > max_pixels:
+                raise ImageProblem(_too_many(width, height, max_pixels))
+            source_format = image.format
+            try:
+                if source_format == "JPEG" and draft_side:
+                    image.draft("RGB", (draft_side, draft_side))  # decode big JPEGs at a reduced scale
+                image.load()
+                rgb = to_rgb(ImageOps.exif_transpose(image) or image)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise ImageProblem("image decodes to too many pixels (a decompression bomb?)") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as error:
+                raise ImageProblem(f"truncated or corrupt image ({error})") from None
+    return rgb, source_format
+
+
+def _too_many(width: int, height: int, max_pixels: int) -> str:
+    return (f"image header claims {width}x{height} pixels ({width * height / 1e6:,.0f} Mpx), over the "
+            f"limit of {max_pixels / 1e6:,.0f} Mpx (a decompression bomb?)")
+
+
+def normalise_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[bytes, str]:
+    """Decode, check and normalise one image: RGB (transparency composited on white), longest side at
+    most `limits.max_side`, PNG for lossless sources and JPEG otherwise. Returns (bytes, extension)."""
+    if len(data) > limits.max_bytes:
+        raise ImageProblem(f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}")
+    rgb, source_format = _decode(data, limits.max_pixels, limits.max_side)
     rgb.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if source_format in LOSSLESS_FORMATS:
@@ -113,10 +149,9 @@ def store_image(images_dir: Path, data: bytes, extension: str) -> tuple[str, boo
 def load_image(path: str | os.PathLike) -> Image.Image:
     """A stored (normalised) image as a PIL RGB image."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise WorkbenchError(f"cannot read image {path}: {error}") from None
+        return decode_image(path)
+    except ImageProblem as error:
+        raise WorkbenchError(f"cannot read image {Path(path).name}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- sources

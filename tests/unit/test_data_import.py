@@ -154,8 +154,9 @@ def test_symlink_leaving_folder(tmp_path, store):
 
 
 @pytest.mark.parametrize("name,data,reason", [
-    ("bomb.png", bomb_png(), "claims 10,000 Mpx, over the limit of 50 Mpx (a decompression bomb?)"),
-    ("wide.png", bomb_png(9_000, 9_000), "claims 9000x9000 pixels (81 Mpx), over the limit of 50 Mpx"),
+    ("bomb.png", bomb_png(), "claims 10,000 Mpx, over the limit of 16 Mpx (a decompression bomb?)"),
+    ("wide.png", bomb_png(9_000, 9_000), "claims 81 Mpx, over the limit of 16 Mpx"),
+    ("tall.png", bomb_png(1_000, 20_000), "claims 20 Mpx, over the limit of 16 Mpx"),
     ("cut.jpg", truncated_jpeg(), "truncated or corrupt image"),
     ("text.png", b"this is not a picture, just text\n" * 4, "not an image"),
 ])
