@@ -1,0 +1,177 @@
+"""The run store: the one owner of WORKSPACE/runs/<run>/run.json.
+
+A run folder is written by the trainer (run.json, model.safetensors, events.jsonl, checkpoints) or installed
+from a shipped demo checkpoint. Everything else reads a run through here, as a frozen `RunRecord`, so the
+layout of run.json is known in one place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from core.errors import WorkbenchError
+from core.workspace import REPO_ROOT, Workspace
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"
+SHIPPED_MARKER = "shipped.json"
+SHIPPED_FILES = (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, EVENTS_FILE, "eval.json")
+SHIPPED_CHECKPOINTS = REPO_ROOT / "assets" / "checkpoints"
+DEFAULT_SPLIT_SEED = 0
+DEFAULT_TEST_FRACTION = 0.2  # what run.json files written before splits were recorded used
+
+
+def shipped_checkpoints_dir() -> Path:
+    """Shipped demo checkpoints; NOTELLM2_CHECKPOINTS points elsewhere (the app tests keep to tiny runs)."""
+    return Path(os.environ.get("NOTELLM2_CHECKPOINTS") or SHIPPED_CHECKPOINTS)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Readers never see half a file: write beside it, then rename over it."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(data, indent=2))
+    os.replace(staging, path)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the rest of the workbench sees it. `info` keeps the whole run.json, read-only."""
+    run: str
+    dataset: str
+    variant: str
+    status: str
+    step: int
+    total_steps: int
+    preset: str
+    split_seed: int
+    test_fraction: float
+    created_at: str
+    updated_at: str
+    has_weights: bool
+    info: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @classmethod
+    def from_info(cls, info: dict, has_weights: bool) -> "RunRecord":
+        train = info.get("train") or {}
+        return cls(run=str(info.get("run", "")), dataset=str(info.get("dataset") or ""),
+                   variant=str(info.get("variant") or ""), status=str(info.get("status") or "unknown"),
+                   step=int(info.get("step") or 0), total_steps=int(train.get("steps") or 0),
+                   preset=str(info.get("preset") or ""),
+                   split_seed=int(info.get("split_seed", DEFAULT_SPLIT_SEED)),
+                   test_fraction=float(info.get("test_fraction", DEFAULT_TEST_FRACTION)),
+                   created_at=str(info.get("created_at") or ""), updated_at=str(info.get("updated_at") or ""),
+                   has_weights=has_weights, info=MappingProxyType(dict(info)))
+
+
+class RunStore:
+    def __init__(self, workspace: Workspace | str | os.PathLike | None = None):
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+
+    # ------------------------------------------------------------------------------------ paths
+    def folder(self, run: str) -> Path:
+        return self.workspace.run_dir(run)
+
+    def weights(self, run: str) -> Path:
+        return self.folder(run) / WEIGHTS_FILE
+
+    def exists(self, run: str) -> bool:
+        return (self.folder(run) / RUN_FILE).is_file()
+
+    # ------------------------------------------------------------------------------------ reading
+    def read(self, run: str) -> dict:
+        """run.json as a dict; a clear error when the run is unknown or its file unreadable."""
+        path = self.folder(run) / RUN_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise WorkbenchError(f"unknown run '{run}' (no readable {path})") from None
+
+    def get(self, run: str) -> RunRecord:
+        return RunRecord.from_info(self.read(run), self.weights(run).exists())
+
+    def all_runs(self) -> list[RunRecord]:
+        """Every readable run, by folder name; a folder being written (no run.json yet) is left out."""
+        records = []
+        if not self.workspace.runs_dir.exists():
+            return records
+        for folder in sorted(self.workspace.runs_dir.iterdir()):
+            if folder.name.startswith(".") or not (folder / RUN_FILE).exists():
+                continue
+            try:
+                records.append(self.get(folder.name))
+            except WorkbenchError as error:
+                log.warning("skipping run folder %s: %s", folder, error)
+        return records
+
+    def events(self, run: str) -> list[dict]:
+        """events.jsonl rows (a line cut by a crash is skipped)."""
+        folder = self.folder(run)
+        if not folder.exists():
+            raise WorkbenchError(f"unknown run '{run}'")
+        path = folder / EVENTS_FILE
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    # ------------------------------------------------------------------------------------ writing
+    def write(self, run: str, info: dict) -> None:
+        self.folder(run).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder(run) / RUN_FILE, info)
+
+    def update(self, run: str, **changes) -> dict:
+        info = self.read(run)
+        info.update(changes)
+        info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(self.folder(run) / RUN_FILE, info)
+        return info
+
+    def install_shipped(self, directory: str | Path | None = None) -> list[str]:
+        """Copy every shipped checkpoint under `directory` into the workspace as a finished run; returns the
+        run names. Idempotent: a run whose weights already match is left alone; a run of the same name
+        trained locally (different weights) is never overwritten."""
+        directory = Path(directory) if directory is not None else shipped_checkpoints_dir()
+        installed = []
+        for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
+            if not all((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE)):
+                continue
+            run = json.loads((folder / RUN_FILE).read_text())["run"]
+            target = self.folder(run)
+            marker = target / SHIPPED_MARKER
+            digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+            if target.exists():
+                if marker.exists() and json.loads(marker.read_text()).get("weights_sha256") == digest:
+                    installed.append(run)
+                else:
+                    log.info("not installing shipped %s: a run of that name exists already", run)
+                continue
+            staging = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".{run}-"))
+            for name in SHIPPED_FILES:
+                if (folder / name).exists():
+                    shutil.copy2(folder / name, staging / name)
+            (staging / SHIPPED_MARKER).write_text(json.dumps({"source": str(folder), "weights_sha256": digest}))
+            staging.rename(target)  # atomic: a half-copied run is never listed
+            installed.append(run)
+        return installed

@@ -1,0 +1,522 @@
+"""The workbench: one object between a user interface (the Gradio app, the CLI, a notebook) and the library.
+
+A `Workbench` owns one workspace and everything that lives in it: the note store, the run store, the
+background jobs, and a pool of loaded encoders and search indexes. It answers with frozen dataclasses
+(`Variant`, `RunRecord`, `Job`, `Hit`, `Evaluation`), never with loose dicts, so a caller sees every field
+it can use and a type checker sees every call.
+
+Warm queries stay in memory: a dataset's notes are kept keyed by the dataset's fingerprint, and its vectors
+and faiss index keyed by (encoder fingerprint, dataset fingerprint), so a second query on the same variant
+costs a stat, one small sqlite read and the search itself. Retraining a run changes its fingerprint and
+drops what was built from the old weights.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from core import jobs as job_queue
+from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION
+from core.data.schema import Note
+from core.data.store import DatasetInfo, Store
+from core.errors import WorkbenchError
+from core.runs import WEIGHTS_FILE, RunRecord, RunStore, shipped_checkpoints_dir
+from core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+MODALITIES = ("both", "image", "text")
+SPLITS = ("test", "train", "all")
+ENCODER_POOL_SIZE = 3
+INDEX_POOL_SIZE = 8
+TRAINABLE_VARIANTS = ("text", "basic", "micl", "late", "basic+late", "micl+late")
+# What each variant is, in one line, so no table or dropdown has to show a bare code name.
+VARIANT_DESCRIPTIONS = {
+    "text": "LLM on the text prompt only (no image)",
+    "basic": "image tokens in the prompt (basic MLRM)",
+    "micl": "mICL: image compressed first, then the text",
+    "late": "text prompt + late-fusion gate with the image feature",
+    "basic+late": "image tokens in the prompt + late fusion",
+    "micl+late": "mICL + late fusion (= NoteLLM-2)",
+    "zs-text": "zero-shot: frozen text embedder (MiniLM)",
+    "zs-image": "zero-shot: frozen vision encoder",
+    "zs-concat": "zero-shot: text and image embedders concatenated",
+    "zs-llm": "zero-shot: the frozen LLM's last-token state on a one-word summary prompt",
+    "zs-mlrm": "zero-shot: untrained MLRM (micl+late, no fine-tuning)",
+}
+
+__all__ = ["Workbench", "Variant", "RunRecord", "Job", "JobState", "Hit", "Evaluation", "MODALITIES",
+           "ZERO_SHOT", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
+
+
+# ------------------------------------------------------------------------------------------- the types
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+ACTIVE_JOB_STATES = tuple(state for state in JobState if state.active)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Something a view can encode with: a finished run trained on the dataset, or a zero-shot baseline."""
+    name: str
+    kind: str  # "run" | "zero-shot"
+    variant: str  # the architecture: one of TRAINABLE_VARIANTS, or the baseline's own name
+    dataset: str
+    steps: int = 0
+    status: str = "ready"
+
+    @property
+    def zero_shot(self) -> bool:
+        return self.kind == "zero-shot"
+
+    @property
+    def late_fusion(self) -> bool:
+        return "late" in self.variant
+
+    @property
+    def description(self) -> str:
+        return VARIANT_DESCRIPTIONS.get(self.variant, VARIANT_DESCRIPTIONS.get(self.name, ""))
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    kind: str  # "train" | "encode"
+    run: str
+    dataset: str
+    state: JobState
+    step: int
+    total: int
+    message: str
+    created_at: str
+    updated_at: str
+    log_path: str = ""
+    log_tail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Job":
+        return cls(job_id=row["job_id"], kind=row.get("kind") or "", run=row.get("run") or "",
+                   dataset=row.get("dataset") or "", state=JobState(row["state"]), step=int(row.get("step") or 0),
+                   total=int(row.get("total") or 0), message=row.get("message") or "",
+                   created_at=row.get("created_at") or "", updated_at=row.get("updated_at") or "",
+                   log_path=row.get("log_path") or "", log_tail=row.get("log_tail") or "")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neighbour: rank counts from 1; the note is the stored note itself."""
+    note: Note
+    score: float
+    rank: int
+
+    @property
+    def note_id(self) -> str:
+        return self.note.note_id
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Recall of one variant on one dataset split and modality. `figures` keeps the full evaluation JSON."""
+    variant: str
+    dataset: str
+    split: str
+    modality: str
+    split_seed: int
+    test_fraction: float
+    queries: int
+    pool: int
+    recall: Mapping[int, float]  # k -> Recall@k
+    recall10_ci95: tuple[float, float] | None
+    subsets: Mapping[str, Mapping[str, float]]
+    figures: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Evaluation":
+        recall = {int(key[len("recall@"):]): float(value) for key, value in data.items()
+                  if key.startswith("recall@") and key[len("recall@"):].isdigit()}
+        ci = data.get("recall@10_ci95")
+        return cls(variant=data["variant"], dataset=data["dataset"], split=data["split"], modality=data["modality"],
+                   split_seed=int(data["split_seed"]), test_fraction=float(data["test_fraction"]),
+                   queries=int(data.get("queries") or 0), pool=int(data.get("pool") or 0),
+                   recall=MappingProxyType(dict(sorted(recall.items()))),
+                   recall10_ci95=(float(ci[0]), float(ci[1])) if ci else None,
+                   subsets=MappingProxyType(dict(data.get("subsets") or {})),
+                   figures=MappingProxyType(dict(data)))
+
+    def as_dict(self) -> dict:
+        return dict(self.figures)
+
+
+# ---------------------------------------------------------------------------------- in-memory pools
+@dataclass
+class _Corpus:
+    """A dataset's notes in store order, valid while the dataset's fingerprint holds."""
+    fingerprint: tuple
+    notes: list[Note]
+    row_of: dict[str, int]
+
+
+@dataclass
+class _Space:
+    """One encoder's vectors of one dataset in one modality, and their index."""
+    fingerprint: tuple
+    ids: list[str]
+    matrix: np.ndarray
+    index: Any  # core.index.VectorIndex
+    row_of: dict[str, int]
+
+
+class _Pool:
+    """A small LRU with one lock per key, so two requests never build the same thing twice at once."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+
+    def lock(self, key) -> threading.RLock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def get(self, key, fingerprint):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0] != fingerprint:
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key, fingerprint, value) -> None:
+        with self._lock:
+            self._items[key] = (fingerprint, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                evicted, _ = self._items.popitem(last=False)
+                log.debug("pool evicted %s", evicted)
+
+    def drop(self, match: Callable[[Any], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._items if match(k)]:
+                del self._items[key]
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise WorkbenchError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+
+
+# --------------------------------------------------------------------------------------- the workbench
+class Workbench:
+    def __init__(self, workspace: Workspace | str | Path | None = None):
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+        self.store = Store(self.workspace)
+        self.runs = RunStore(self.workspace)
+        self._encoders = _Pool(ENCODER_POOL_SIZE)
+        self._corpora = _Pool(INDEX_POOL_SIZE)
+        self._spaces = _Pool(INDEX_POOL_SIZE)
+
+    # ------------------------------------------------------------------------------------ datasets
+    def datasets(self) -> list[DatasetInfo]:
+        return self.store.list_datasets()
+
+    def dataset_names(self) -> list[str]:
+        return [d.name for d in self.store.list_datasets()]
+
+    def ensure_sample(self) -> str:
+        from core.data.sample import ensure_sample_dataset
+
+        return ensure_sample_dataset(self.store)
+
+    def notes(self, dataset: str) -> list[Note]:
+        """All notes of a dataset in store order, from memory while the dataset is unchanged."""
+        return list(self._corpus(dataset).notes)
+
+    def note(self, dataset: str, note_id: str) -> Note:
+        corpus = self._corpus(dataset)
+        row = corpus.row_of.get(str(note_id))
+        if row is None:
+            raise WorkbenchError(f"dataset '{dataset}' has no note '{note_id}'")
+        return corpus.notes[row]
+
+    def related(self, dataset: str) -> dict[str, set[str]]:
+        """note_id -> ids it is paired with (the known related notes, both directions)."""
+        out: dict[str, set[str]] = {}
+        for a, b in self.store.pairs(dataset):
+            out.setdefault(a, set()).add(b)
+            out.setdefault(b, set()).add(a)
+        return out
+
+    def delete_dataset(self, name: str, confirm: str | None = None) -> None:
+        """Delete a dataset, its images no other dataset uses, and every cached vector, evaluation or map
+        of it. Refused while a job works on it and, when `confirm` is given, unless it repeats the name.
+        Runs trained on it are kept: they are models, not data."""
+        if confirm is not None and confirm.strip() != name:
+            raise WorkbenchError(f"type the dataset name '{name}' to confirm; nothing was deleted")
+        busy = [job for job in self.jobs() if job.dataset == name and job.active]
+        if busy:
+            raise WorkbenchError(f"dataset '{name}' is in use by {busy[0].kind} job {busy[0].job_id} "
+                                 f"(run '{busy[0].run}'); stop it first. Nothing was deleted")
+        self.store.delete_dataset(name)
+        if self.workspace.indexes_dir.exists():
+            for cached in self.workspace.indexes_dir.glob(f"*/{name}"):
+                shutil.rmtree(cached, ignore_errors=True)
+        self._corpora.drop(lambda key: key == name)
+        self._spaces.drop(lambda key: key[1] == name)
+
+    def _dataset_fingerprint(self, dataset: str) -> tuple:
+        info = self.store.dataset(dataset)  # raises the store's "unknown dataset" message
+        return (info.name, info.created_at, info.notes, info.pairs)
+
+    def _corpus(self, dataset: str) -> _Corpus:
+        fingerprint = self._dataset_fingerprint(dataset)
+        corpus = self._corpora.get(dataset, fingerprint)
+        if corpus is not None:
+            return corpus
+        with self._corpora.lock(dataset):
+            corpus = self._corpora.get(dataset, fingerprint)
+            if corpus is None:
+                notes = self.store.notes(dataset)
+                corpus = _Corpus(fingerprint, notes, {n.note_id: i for i, n in enumerate(notes)})
+                self._corpora.put(dataset, fingerprint, corpus)
+            return corpus
+
+    # ------------------------------------------------------------------------------------ variants
+    def run(self, name: str) -> RunRecord:
+        return self.runs.get(name)
+
+    def variants(self, dataset: str | None) -> list[Variant]:
+        """Finished runs trained on `dataset` first (newest first), then the zero-shot baselines."""
+        if not dataset:
+            return []
+        rows = [Variant(name=r.run, kind="run", variant=r.variant, dataset=dataset, steps=r.step, status=r.status)
+                for r in sorted(self.runs.all_runs(), key=lambda r: r.updated_at, reverse=True)
+                if r.dataset == dataset and r.finished and r.has_weights]
+        rows += [Variant(name=name, kind="zero-shot", variant=name, dataset=dataset) for name in ZERO_SHOT]
+        return rows
+
+    def variant(self, dataset: str | None, name: str) -> Variant:
+        """The variant called `name`; a run not trained on this dataset is described from its run.json."""
+        for row in self.variants(dataset):
+            if row.name == name:
+                return row
+        if name in ZERO_SHOT:
+            return Variant(name=name, kind="zero-shot", variant=name, dataset=dataset or "")
+        record = self.runs.get(name)
+        return Variant(name=name, kind="run", variant=record.variant, dataset=record.dataset, steps=record.step,
+                       status=record.status)
+
+    def encoder_fingerprint(self, name: str) -> str:
+        """Changes whenever the encoder's weights do, so everything keyed on it stays true."""
+        if name in ZERO_SHOT:
+            return f"{name}/v{ZERO_SHOT_VERSION}"
+        weights = Path(self.workspace.resolve_variant(name)) / WEIGHTS_FILE
+        try:
+            stat = weights.stat()
+        except OSError:
+            raise WorkbenchError(f"run '{name}' has no trained weights yet (still training, or it failed)") from None
+        return f"{name}/{stat.st_size}/{stat.st_mtime_ns}"
+
+    # ------------------------------------------------------------------------------------ encoders
+    def encoder(self, name: str):
+        """A run's NoteEncoder or a zero-shot encoder, loaded once and reloaded when its weights change."""
+        fingerprint = self.encoder_fingerprint(name)
+        encoder = self._encoders.get(name, fingerprint)
+        if encoder is not None:
+            return encoder
+        with self._encoders.lock(name):
+            encoder = self._encoders.get(name, fingerprint)
+            if encoder is None:
+                encoder = self._load_encoder(name)
+                self._encoders.put(name, fingerprint, encoder)
+            return encoder
+
+    def _load_encoder(self, name: str):
+        from core.runtime import configure_threads, resolve_device
+
+        configure_threads()
+        device = resolve_device("auto")
+        log.info("loading encoder %s on %s", name, device)
+        if name in ZERO_SHOT:
+            from core.baselines import load_zero_shot
+
+            return load_zero_shot(name, device, self.workspace.root)
+        from core.models.note_encoder import NoteEncoder
+
+        encoder = NoteEncoder.from_pretrained(self.runs.folder(name), device=device)
+        encoder.eval()
+        return encoder
+
+    def encode(self, name: str, notes: Sequence[Note], modality: str = "both", batch_size: int = 32,
+               progress: Progress | None = None) -> np.ndarray:
+        """(N, d) float32 L2-normalised vectors of any notes (not cached): e.g. one composed in the page."""
+        from core.encode import encode_notes
+
+        _check_modality(modality)
+        encoder = self.encoder(name)
+        # One forward at a time per encoder: modules keep per-call state (feature caches, autocast).
+        with self._encoders.lock(name):
+            return encode_notes(encoder, list(notes), batch_size, modality, progress,
+                                workspace_root=self.workspace.root)
+
+    def note_vectors(self, name: str, dataset: str, notes: Sequence[Note], modality: str = "both",
+                     progress: Progress | None = None) -> np.ndarray:
+        """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
+        from core.encode import VectorCache
+
+        _check_modality(modality)
+        cache = VectorCache(self.workspace.indexes_dir / name / dataset, modality, self.encoder_fingerprint(name))
+        return cache.vectors(list(notes), lambda todo, p: self.encode(name, todo, modality, progress=p), progress)
+
+    def dataset_vectors(self, name: str, dataset: str, modality: str = "both",
+                        progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
+        """(note ids in store order, (N, d) float32) for a whole dataset."""
+        space = self._space(name, dataset, modality, progress)
+        return list(space.ids), space.matrix
+
+    def _space(self, name: str, dataset: str, modality: str, progress: Progress | None = None) -> _Space:
+        _check_modality(modality)
+        corpus = self._corpus(dataset)
+        fingerprint = (self.encoder_fingerprint(name), corpus.fingerprint)
+        key = (name, dataset, modality)
+        space = self._spaces.get(key, fingerprint)
+        if space is not None:
+            return space
+        with self._spaces.lock(key):
+            space = self._spaces.get(key, fingerprint)
+            if space is None:
+                from core.index import VectorIndex
+
+                matrix = self.note_vectors(name, dataset, corpus.notes, modality, progress)
+                ids = [n.note_id for n in corpus.notes]
+                space = _Space(fingerprint, ids, matrix, VectorIndex(ids, matrix), dict(corpus.row_of))
+                self._spaces.put(key, fingerprint, space)
+            return space
+
+    # ------------------------------------------------------------------------------------ neighbours
+    def neighbours(self, name: str, dataset: str, note_id: str | None = None, query: Note | None = None,
+                   k: int = 10, modality: str = "both") -> list[Hit]:
+        """The k nearest notes of a stored note (`note_id`) or of a composed `query` note, the query note
+        itself left out; equal scores are ordered by a seeded random order, not by position."""
+        if (note_id is None) == (query is None):
+            raise WorkbenchError("give either note_id or query")
+        if k < 1:
+            raise WorkbenchError("k must be at least 1")
+        space = self._space(name, dataset, modality)
+        if query is not None:
+            vector = self.encode(name, [query], modality)[0]
+            exclude = {query.note_id} if query.note_id else set()
+        else:
+            row = space.row_of.get(str(note_id))
+            if row is None:
+                raise WorkbenchError(f"dataset '{dataset}' has no note '{note_id}'")
+            vector, exclude = space.matrix[row], {str(note_id)}
+        corpus = self._corpus(dataset)
+        found = space.index.search(vector[None], k, exclude=[exclude])[0]
+        return [Hit(note=corpus.notes[corpus.row_of[hit]], score=score, rank=rank)
+                for rank, (hit, score) in enumerate(found, 1)]
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def split(self, name: str, dataset: str):
+        """The test split a variant is evaluated on: a run's own when it was trained on this dataset, else
+        the default one, which every zero-shot baseline shares."""
+        from core import service
+
+        return service.split_for(self.workspace, name, dataset)
+
+    def evaluate(self, name: str, dataset: str, split: str = "test", modality: str = "both", seed: int = 0,
+                 progress: Progress | None = None, use_cache: bool = True) -> Evaluation:
+        from core import service
+
+        _check_modality(modality)
+        if split not in SPLITS:
+            raise WorkbenchError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
+        return Evaluation.from_json(service.evaluate_variant(self.workspace, name, dataset, split, modality, seed,
+                                                             progress, use_cache))
+
+    def evaluation_table(self, dataset: str, names: Sequence[str], modalities: Sequence[str] = MODALITIES,
+                         split: str = "test", seed: int = 0, progress: Progress | None = None):
+        """pandas DataFrame: one row per variant x subset x modality (see core.service.evaluation_table)."""
+        from core import service
+
+        return service.evaluation_table(self.workspace, dataset, list(names), tuple(modalities), split, seed,
+                                        progress)
+
+    # ------------------------------------------------------------------------------------ training and jobs
+    def start_training(self, dataset: str, variant: str, run: str, preset: str = "cpu", steps: int = 100,
+                       batch_pairs: int | None = None, lr_llm: float | None = None, lr_new: float | None = None,
+                       llm: str | None = None, vision: str | None = None, llm_tuning: str | None = None,
+                       seed: int | None = None) -> str:
+        """Check the request now (a clear error in the page), then train in a worker; returns the job id."""
+        from core import service
+
+        overrides = {key: value for key, value in dict(batch_pairs=batch_pairs, lr_llm=lr_llm, lr_new=lr_new, llm=llm,
+                                                       vision=vision, llm_tuning=llm_tuning, seed=seed).items()
+                     if value is not None}
+        return service.start_training(self.workspace, dataset, variant, run, preset=preset, steps=int(steps),
+                                      **overrides)
+
+    def resume_training(self, run: str) -> str:
+        from core import service
+
+        return service.resume_training(self.workspace, run)
+
+    def start_encoding(self, name: str, dataset: str, modality: str = "both") -> str:
+        from core import service
+
+        return service.start_encoding(self.workspace, name, dataset, modality)
+
+    def cancel_job(self, job_id: str) -> None:
+        job_queue.cancel(self.workspace, job_id)
+
+    def job(self, job_id: str) -> Job:
+        return Job.from_row(job_queue.get_job(self.workspace, job_id))
+
+    def jobs(self) -> list[Job]:
+        """Newest first."""
+        return [Job.from_row(row) for row in job_queue.list_jobs(self.workspace)]
+
+    def latest_job(self, kind: str = "train") -> Job | None:
+        """The newest active job of a kind, else the newest of that kind: what a reloaded page re-attaches to."""
+        rows = [job for job in self.jobs() if job.kind == kind]
+        if not rows:
+            return None
+        active = [job for job in rows if job.active]
+        return max(active or rows, key=lambda job: (job.created_at, job.job_id))
+
+    def run_events(self, run: str) -> list[dict]:
+        return self.runs.events(run)
+
+    def install_checkpoints(self, directory: str | Path | None = None) -> list[str]:
+        """Shipped demo checkpoints as finished runs of this workspace."""
+        return self.runs.install_shipped(directory)
+
+    def shipped_checkpoints(self) -> list[Path]:
+        directory = shipped_checkpoints_dir()
+        if not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir() if p.is_dir() and (p / "config.json").is_file())

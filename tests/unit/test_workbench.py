@@ -1,0 +1,125 @@
+"""The Workbench, the one door the app and the CLI use: typed answers, warm queries from memory, the
+evaluation split of a run, and vectors that follow the encoder's weights."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import service
+from core.data.schema import Note
+from core.data.splits import split_dataset
+from core.errors import WorkbenchError
+from core.train.trainer import train
+from core.workbench import ZERO_SHOT, Evaluation, Hit, JobState, Variant, Workbench
+from tests.unit.engine_fixtures import import_learnable
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workbench") / "ws"
+    root.mkdir()
+    import_learnable(root, "toy")
+    # A split that is not the default one (seed 0, 20%): evaluation must use it.
+    train(root, "toy", "micl+late", "tiny-run", preset="tiny", steps=3, eval_every=0, test_fraction=0.3,
+          split_seed=7)
+    return root
+
+
+def test_variants_are_typed_runs_first_then_zero_shot(workspace):
+    wb = Workbench(workspace)
+    variants = wb.variants("toy")
+    assert all(isinstance(v, Variant) for v in variants)
+    assert [v.name for v in variants] == ["tiny-run", *ZERO_SHOT]
+    run = variants[0]
+    assert run.kind == "run" and run.variant == "micl+late" and run.steps == 3 and run.late_fusion
+    assert run.description and not run.zero_shot and variants[1].zero_shot
+    assert wb.variant("toy", "zs-llm").zero_shot and wb.variants(None) == []
+    record = wb.run("tiny-run")
+    assert record.finished and record.has_weights and record.test_fraction == 0.3 and record.split_seed == 7
+
+
+def test_neighbours_match_the_service_and_come_with_their_notes(workspace):
+    wb = Workbench(workspace)
+    hits = wb.neighbours("tiny-run", "toy", note_id="birds-0", k=5)
+    assert all(isinstance(h, Hit) for h in hits) and [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert "birds-0" not in [h.note_id for h in hits] and hits[0].score >= hits[-1].score
+    rows = service.neighbors(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
+    assert [h.note_id for h in hits] == [r["note_id"] for r in rows]
+    assert np.allclose([h.score for h in hits], [r["score"] for r in rows], atol=1e-5)
+    assert hits[0].note.title  # the stored note itself, ready to render
+    composed = Note("", title="bird", content="a bird", image=Image.new("RGB", (16, 16), (220, 30, 30)))
+    assert len(wb.neighbours("tiny-run", "toy", query=composed, k=3)) == 3
+    with pytest.raises(WorkbenchError, match="has no note"):
+        wb.neighbours("tiny-run", "toy", note_id="nope")
+
+
+def test_a_warm_query_reads_no_notes_and_encodes_nothing(workspace, monkeypatch):
+    wb = Workbench(workspace)
+    first = wb.neighbours("tiny-run", "toy", note_id="cars-1", k=4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a warm query re-read or re-encoded the dataset")
+
+    monkeypatch.setattr(wb.store, "notes", refuse)
+    monkeypatch.setattr(wb, "encode", refuse)
+    monkeypatch.setattr(wb, "note_vectors", refuse)
+    again = wb.neighbours("tiny-run", "toy", note_id="cars-1", k=4)
+    assert [h.note_id for h in again] == [h.note_id for h in first]
+
+
+def test_a_trained_run_is_evaluated_on_its_own_split(workspace):
+    wb = Workbench(workspace)
+    result = wb.evaluate("tiny-run", "toy", modality="text")
+    assert isinstance(result, Evaluation)
+    assert (result.split_seed, result.test_fraction) == (7, 0.3)
+    own = split_dataset(wb.store, "toy", 0.3, 7)
+    assert wb.split("tiny-run", "toy").test_pairs == own.test_pairs
+    assert result.queries <= len(own.test_pairs) and 10 in result.recall and result.recall10_ci95 is not None
+    # Zero-shot baselines have no split of their own: they share the default one.
+    assert (wb.split("zs-text", "toy").seed, wb.split("zs-text", "toy").test_fraction) == (0, 0.2)
+
+
+def test_vectors_follow_the_encoder_weights_after_retraining(workspace):
+    """New weights under the same run name must not be served the old run's cached vectors."""
+    from core.models.note_encoder import NoteEncoder
+
+    wb = Workbench(workspace)
+    ids, before = wb.dataset_vectors("tiny-run", "toy")
+    warm_hits = [h.note_id for h in wb.neighbours("tiny-run", "toy", note_id="trees-2", k=3)]
+    folder = wb.runs.folder("tiny-run")
+    model = NoteEncoder.from_pretrained(folder, device="cpu")
+    with torch.no_grad():
+        model.head.weight.add_(torch.randn_like(model.head.weight))  # "retrained": other weights
+    model.save_pretrained(folder)
+    _, after = wb.dataset_vectors("tiny-run", "toy")
+    fresh = wb.encode("tiny-run", wb.store.notes("toy"))
+    assert not np.allclose(before, after, atol=1e-3)
+    assert np.allclose(after, fresh, atol=1e-4)
+    # A second Workbench (another process) reads the on-disk cache: it must not serve the old vectors either.
+    _, other = Workbench(workspace).dataset_vectors("tiny-run", "toy")
+    assert np.allclose(other, fresh, atol=1e-4) and len(warm_hits) == 3
+
+
+def test_jobs_are_typed_and_delete_refuses_a_busy_dataset(tmp_path):
+    from core import jobs
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    import_learnable(root, "doomed")
+    wb = Workbench(root)
+    with jobs._db(wb.workspace) as db:
+        db["jobs"].insert({"job_id": "j1", "kind": "train", "run": "r1", "dataset": "doomed", "state": "queued",
+                           "step": 0, "total": 1, "message": "", "pid": None, "pid_start": None, "log_path": "",
+                           "argv": "[]", "cancel_requested": 0, "created_at": "", "updated_at": ""})
+    job = wb.job("j1")
+    assert job.state is JobState.QUEUED and job.active and wb.latest_job() == job
+    with pytest.raises(WorkbenchError, match="in use by train job j1"):
+        wb.delete_dataset("doomed", confirm="doomed")
+    with jobs._db(wb.workspace) as db:
+        db["jobs"].update("j1", {"state": "finished"})
+    assert wb.job("j1").state is JobState.FINISHED and not wb.job("j1").active
+    assert len(wb.notes("doomed")) > 0
+    wb.delete_dataset("doomed", confirm="doomed")
+    assert wb.dataset_names() == []
+    with pytest.raises(WorkbenchError, match="unknown dataset"):
+        wb.notes("doomed")
