@@ -409,11 +409,12 @@ class Workbench:
         with self._spaces.lock(key):
             space = self._spaces.get(key, fingerprint)
             if space is None:
-                from core.index import VectorIndex
+                from core.index import build_index
 
                 matrix = self.note_vectors(name, dataset, corpus.notes, modality, progress)
                 ids = [n.note_id for n in corpus.notes]
-                space = _Space(fingerprint, ids, matrix, VectorIndex(ids, matrix), dict(corpus.row_of))
+                # Exact below the size threshold; past it an IVF index tuned to recall@10 >= 0.95.
+                space = _Space(fingerprint, ids, matrix, build_index(ids, matrix), dict(corpus.row_of))
                 self._spaces.put(key, fingerprint, space)
             return space
 
