@@ -21,7 +21,12 @@ What is computed, exactly, for each batch of B pairs (2B notes: the first notes,
        S_t = mean of I[f, k] over the other keys k < f, not in V
        S_o = mean of I[q, k] over every other causal pair k < q, q != f (the diagonal is excluded, not
              counted as zero)
-   The three values are averaged over the notes of a batch, then over batches.
+   and, splitting the image span in two (under mICL the slot and its instruction can carry the whole rise of
+   S_v while the visual tokens themselves get no more attention than under `basic`):
+       S_visual = mean of I[f, k] over the visual tokens alone (the connector's outputs)
+       S_slot   = mean of I[f, k] over the rest of the span: the instruction after the image and the
+                  <IMG_EMB> slot (NaN without mICL: there is no such token)
+   The values are averaged over the notes of a batch, then over batches.
 
 A variant with no image tokens (text, late) has S_v = NaN: there is nothing to measure, which is not the
 same as a measured zero.
@@ -86,25 +91,32 @@ def image_span(input_ids: torch.Tensor) -> torch.Tensor:
     return span
 
 
+MEASURES = ("S_v", "S_t", "S_o", "S_visual", "S_slot")
+
+
 def _layer_values(saliency: torch.Tensor, valid: torch.Tensor, span: torch.Tensor,
-                  final: torch.Tensor) -> np.ndarray:
-    """(N, 3) S_v, S_t, S_o for one layer's (N, T, T) saliency."""
+                  final: torch.Tensor, visual: torch.Tensor | None = None) -> np.ndarray:
+    """(N, 5) S_v, S_t, S_o, S_visual, S_slot for one layer's (N, T, T) saliency; `visual` marks the visual
+    tokens inside the span (default: the whole span)."""
     count, length, _ = saliency.shape
+    visual = span if visual is None else visual & span
     positions = torch.arange(length, device=saliency.device)
     causal = positions[None, :] < positions[:, None]  # key strictly before query: the diagonal is excluded
-    values = np.full((count, 3), np.nan)
+    values = np.full((count, len(MEASURES)), np.nan)
     for n in range(count):
         f = int(final[n])
         real = valid[n]
         row = saliency[n, f]
-        keys_v = real & span[n] & (positions < f)
-        keys_t = real & ~span[n] & (positions < f)
+        before = real & (positions < f)
+        keys_v = before & span[n]
+        keys_t = before & ~span[n]
+        keys_visual = before & visual[n]
+        keys_slot = before & span[n] & ~visual[n]
         pairs = causal & real[:, None] & real[None, :]
         pairs[f] = False
-        if keys_v.any():
-            values[n, 0] = row[keys_v].mean().item()
-        if keys_t.any():
-            values[n, 1] = row[keys_t].mean().item()
+        for column, keys in ((0, keys_v), (1, keys_t), (3, keys_visual), (4, keys_slot)):
+            if keys.any():
+                values[n, column] = row[keys].mean().item()
         if pairs.any():
             values[n, 2] = saliency[n][pairs].mean().item()
     return values
@@ -119,10 +131,11 @@ def _nanmean_rows(values: np.ndarray) -> np.ndarray:
 
 def batch_saliency(model, notes: Sequence[Note], multiplier: str = "pre_softmax", mask_image_tokens: bool = False,
                    scale: float = REFERENCE_LOGIT_SCALE) -> np.ndarray:
-    """(layers, 3) S_v, S_t, S_o for one batch of notes laid out as [firsts; partners]."""
+    """(layers, 5) S_v, S_t, S_o, S_visual, S_slot for one batch of notes laid out as [firsts; partners]."""
     batch = model.collate(list(notes))
     valid = batch["attention_mask"].bool()
     span = image_span(batch["input_ids"])
+    visual = batch["input_ids"] == IMAGE_TOKEN
     if mask_image_tokens:
         batch = dict(batch)
         batch["attention_mask"] = batch["attention_mask"].masked_fill(span, 0)
@@ -139,14 +152,15 @@ def batch_saliency(model, notes: Sequence[Note], multiplier: str = "pre_softmax"
     finally:
         model.train(was_training)
     device = recorder.multipliers[0].device
-    valid, span, final = valid.to(device), span.to(device), batch["last_index"].to(device)
+    valid, span, final, visual = (valid.to(device), span.to(device), batch["last_index"].to(device),
+                                  visual.to(device))
     rows = []
     for multiplier_tensor, gradient in zip(recorder.multipliers, gradients):
         if gradient is None:
             gradient = torch.zeros_like(multiplier_tensor)
         saliency = (multiplier_tensor.detach() * gradient).sum(dim=1).abs()  # (N, T, T), heads summed
         saliency.diagonal(dim1=-2, dim2=-1).zero_()
-        rows.append(_nanmean_rows(_layer_values(saliency, valid, span, final)))
+        rows.append(_nanmean_rows(_layer_values(saliency, valid, span, final, visual)))
     return np.array(rows)
 
 
@@ -154,8 +168,9 @@ def saliency_by_layer(model, pairs_of_notes: Sequence[tuple[Note, Note]], batch_
                       max_batches: int | None = None, progress: Callable[[int, int], None] | None = None, *,
                       multiplier: str = "pre_softmax", mask_image_tokens: bool = False,
                       scale: float = REFERENCE_LOGIT_SCALE) -> pd.DataFrame:
-    """S_v, S_t, S_o per LLM layer, averaged over batches of `batch_pairs` related pairs (see the module doc
-    for exactly what is computed). Columns: layer (0 = first decoder layer), S_v, S_t, S_o, n_batches.
+    """S_v, S_t, S_o, S_visual, S_slot per LLM layer, averaged over batches of `batch_pairs` related pairs (see
+    the module doc for exactly what is computed). Columns: layer (0 = first decoder layer), the five
+    measures, n_batches.
 
     A batch needs at least 2 pairs (with one pair the loss has no negative and every gradient is zero), so a
     trailing batch of a single pair is dropped. progress(done, total) is called after each batch."""
@@ -170,15 +185,16 @@ def saliency_by_layer(model, pairs_of_notes: Sequence[tuple[Note, Note]], batch_
         chunks = chunks[:max_batches]
     if not chunks:
         raise WorkbenchError("saliency needs at least 2 related pairs of notes")
-    total = None
+    per_batch = []
     for done, chunk in enumerate(chunks, start=1):
         notes = [first for first, _ in chunk] + [second for _, second in chunk]
-        values = batch_saliency(model, notes, multiplier=multiplier, mask_image_tokens=mask_image_tokens, scale=scale)
-        total = values if total is None else total + values
+        per_batch.append(batch_saliency(model, notes, multiplier=multiplier, mask_image_tokens=mask_image_tokens,
+                                        scale=scale))
         if progress is not None:
             progress(done, len(chunks))
-    mean = total / len(chunks)
-    frame = pd.DataFrame({"layer": np.arange(mean.shape[0]), "S_v": mean[:, 0], "S_t": mean[:, 1],
-                          "S_o": mean[:, 2], "n_batches": len(chunks)})
+    # Ignoring NaN across batches too: S_slot of a batch whose slot fell outside every note stays out.
+    mean = _nanmean_rows(np.stack(per_batch)) if len(per_batch) > 1 else per_batch[0]
+    frame = pd.DataFrame({"layer": np.arange(mean.shape[0]),
+                          **{name: mean[:, i] for i, name in enumerate(MEASURES)}, "n_batches": len(chunks)})
     frame.attrs.update(multiplier=multiplier, mask_image_tokens=mask_image_tokens, variant=getattr(model, "variant", None))
     return frame
