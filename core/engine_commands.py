@@ -124,7 +124,16 @@ def cmd_train(args) -> int:
     def on_step(row: dict) -> None:
         reporter.running(row["step"], row["total"], f"step {row['step']}/{row['total']} loss {row['loss']:.4f}")
 
-    reporter.running(0, args.steps, "loading the model", force=True)
+    start, total = 0, args.steps
+    if args.resume:  # the run's own step and total, not --steps' default
+        from core.workspace import Workspace
+
+        try:
+            info = json.loads((Workspace.open(args.workspace).run_dir(args.run) / "run.json").read_text())
+            start, total = int(info.get("step") or 0), int(info["train"]["steps"])
+        except (OSError, ValueError, KeyError, TypeError, WorkbenchError):
+            pass  # train() below says what is wrong with the run
+    reporter.running(start, total, "loading the model", force=True)
     try:
         summary = train(args.workspace, args.dataset, args.variant, args.run, preset=args.preset, steps=args.steps,
                         resume=args.resume, init_from=args.init_from, on_step=on_step, progress_bar=True,

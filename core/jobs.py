@@ -10,6 +10,12 @@ for) with the reason, so nothing stays "running" forever.
 
 Cancel sends SIGTERM; the trainer catches it, finishes the current step, writes a checkpoint (resumable
 with `--resume`) and reports "cancelled".
+
+Ownership: one worker per run. `start_job` claims the run inside one sqlite write transaction (BEGIN
+IMMEDIATE, so two processes or threads cannot both pass the check): a run that a queued or running job
+holds is refused, and so is a new job once `max_jobs()` are active. The claim is the job's row itself, so
+it ends when the job does, and a worker that died without reporting releases it at the next check.
+Workers this process started are waited for by a thread each, so a finished one never lingers as a zombie.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -31,7 +38,28 @@ from core.workspace import REPO_ROOT, Workspace
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-_children: dict[int, subprocess.Popen] = {}  # workers this process started: reaped on read (no zombies)
+# Training and encoding workers each load a model and use every core they are given: on the 2-core machines
+# this is developed on, more than two at once only slows all of them down. NOTELLM2_MAX_JOBS raises it.
+DEFAULT_MAX_JOBS = 2
+_children: dict[int, subprocess.Popen] = {}  # workers this process started (a waiter thread reaps each)
+
+
+QUEUED_GRACE_S = 120  # a claim whose worker never started (its spawner died) stops holding the run after this
+
+
+def _age_s(row: dict) -> float:
+    try:
+        return time.time() - time.mktime(time.strptime(row.get("created_at") or "", "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return float("inf")
+
+
+def max_jobs() -> int:
+    """How many jobs may be queued or running at once in a workspace (NOTELLM2_MAX_JOBS, default 2)."""
+    try:
+        return max(1, int(os.environ.get("NOTELLM2_MAX_JOBS", DEFAULT_MAX_JOBS)))
+    except ValueError:
+        return DEFAULT_MAX_JOBS
 
 
 def _workspace(workspace) -> Workspace:
@@ -72,8 +100,8 @@ def process_start_time(pid: int) -> str | None:
 
 def _alive(row: dict) -> bool:
     pid = row.get("pid")
-    if not pid:
-        return row["state"] == "queued"
+    if not pid:  # claimed, worker not started yet: only for as long as starting one can take
+        return row["state"] == "queued" and _age_s(row) < QUEUED_GRACE_S
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         _children.pop(pid, None)
@@ -88,6 +116,16 @@ def _alive(row: dict) -> bool:
     return start is not None and (not row.get("pid_start") or start == row["pid_start"])
 
 
+def _settle(row: dict) -> tuple[str, str]:
+    """The end state and message of an active job whose worker is gone without reporting."""
+    if row.get("cancel_requested"):
+        return "cancelled", "cancelled (the worker stopped before it could report)"
+    if not row.get("pid"):
+        return "failed", "the worker never started (the process that queued it stopped first)"
+    return "failed", (f"the worker process (pid {row['pid']}) is gone without reporting an end state; "
+                      f"see its log {row['log_path']}")
+
+
 def _update(workspace: Workspace, job_id: str, **changes) -> None:
     changes["updated_at"] = _now()
     with _db(workspace) as db:
@@ -100,12 +138,7 @@ def _check(workspace: Workspace, row: dict) -> dict:
         with _db(workspace) as db:
             row = db["jobs"].get(row["job_id"])  # the worker may have reported just before exiting
         if row["state"] in ACTIVE:
-            if row.get("cancel_requested"):
-                state, message = "cancelled", "cancelled (the worker stopped before it could report)"
-            else:
-                state = "failed"
-                message = (f"the worker process (pid {row['pid']}) is gone without reporting an end state; "
-                           f"see its log {row['log_path']}")
+            state, message = _settle(row)
             _update(workspace, row["job_id"], state=state, message=message)
             row = {**row, "state": state, "message": message}
     return row
@@ -131,27 +164,81 @@ def _public(row: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- spawning
-def start_job(workspace, kind: str, argv: list[str], run: str = "", dataset: str = "", total: int = 0) -> str:
-    """Start `python -m core <argv> --workspace W --job ID` in its own session; returns the job id."""
+def claim(workspace, kind: str, run: str = "", dataset: str = "", total: int = 0, step: int = 0,
+          argv: list[str] | None = None, limit: int | None = None) -> str:
+    """Create a queued job row that owns `run`, atomically: refused (WorkbenchError) when a queued or
+    running job holds the run already, or when `limit` (default `max_jobs()`) jobs are active. Returns
+    the job id; the caller starts the worker (`start_job` does both)."""
     workspace = _workspace(workspace)
+    limit = max_jobs() if limit is None else limit
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    logs = workspace.root / "jobs"
-    logs.mkdir(exist_ok=True)
-    log_path = logs / f"{job_id}.log"
-    full = [sys.executable, "-m", "core", *argv, "--workspace", str(workspace.root), "--job", job_id]
+    log_path = workspace.root / "jobs" / f"{job_id}.log"
+    full = [sys.executable, "-m", "core", *(argv or []), "--workspace", str(workspace.root), "--job", job_id]
     with _db(workspace) as db:
-        db["jobs"].insert({"job_id": job_id, "kind": kind, "run": run, "dataset": dataset, "state": "queued",
-                           "step": 0, "total": total, "message": "starting", "pid": None, "pid_start": None,
-                           "log_path": str(log_path), "argv": json.dumps(full), "cancel_requested": 0,
-                           "created_at": _now(), "updated_at": _now()})
+        conn = db.conn
+        conn.row_factory = sqlite3.Row
+        conn.execute("BEGIN IMMEDIATE")  # the write lock: no other claim can read or insert until COMMIT
+        try:
+            active = []
+            for row in conn.execute("select * from jobs where state in ('queued', 'running')").fetchall():
+                row = dict(row)
+                if _alive(row):
+                    active.append(row)
+                else:  # its worker is gone without reporting: settle it here so it stops holding the run
+                    state, message = _settle(row)
+                    conn.execute("update jobs set state = ?, message = ?, updated_at = ? where job_id = ?",
+                                 [state, message, _now(), row["job_id"]])
+            owner = next((row for row in active if run and row["run"] == run), None)
+            if owner is not None:
+                raise WorkbenchError(f"run '{run}' is in use by {owner['kind']} job {owner['job_id']} "
+                                     f"({owner['state']}); wait for it to end or stop it first")
+            if len(active) >= limit:
+                raise WorkbenchError(f"{len(active)} jobs are queued or running already, the most this workspace "
+                                     f"runs at once ({limit}; NOTELLM2_MAX_JOBS sets it); wait for one to end "
+                                     "or stop one")
+            now = _now()
+            conn.execute("insert into jobs (job_id, kind, run, dataset, state, step, total, message, pid, pid_start,"
+                         " log_path, argv, cancel_requested, created_at, updated_at)"
+                         " values (?, ?, ?, ?, 'queued', ?, ?, 'starting', NULL, NULL, ?, ?, 0, ?, ?)",
+                         [job_id, kind, run, dataset, int(step), int(total), str(log_path), json.dumps(full), now, now])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return job_id
+
+
+def start_job(workspace, kind: str, argv: list[str], run: str = "", dataset: str = "", total: int = 0,
+              step: int = 0) -> str:
+    """Claim `run` (see `claim`), then start `python -m core <argv> --workspace W --job ID` in its own
+    session; returns the job id."""
+    workspace = _workspace(workspace)
+    _reap()
+    job_id = claim(workspace, kind, run, dataset, total, step, argv)
+    with _db(workspace) as db:
+        row = db["jobs"].get(job_id)
+    full, log_path = json.loads(row["argv"]), Path(row["log_path"])
+    log_path.parent.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=str(REPO_ROOT), env=env, start_new_session=True)
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       cwd=str(REPO_ROOT), env=env, start_new_session=True)
+    except OSError as error:
+        _update(workspace, job_id, state="failed", message=f"the worker could not start ({error.strerror or error})")
+        raise WorkbenchError(f"the worker could not start ({error.strerror or error})") from None
     _children[process.pid] = process
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
     _update(workspace, job_id, pid=process.pid, pid_start=process_start_time(process.pid))
     return job_id
+
+
+def _reap() -> None:
+    """Forget workers that have exited (their waiter thread has collected their exit status)."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            _children.pop(pid, None)
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -337,7 +337,8 @@ def resume_training(workspace, run: str) -> str:
     if info.get("status") == "finished":
         raise WorkbenchError(f"run '{run}' is finished already")
     return start_job(workspace, "train", ["train", "--run", run, "--resume"], run=run,
-                     dataset=info.get("dataset", ""), total=int(info["train"]["steps"]))
+                     dataset=info.get("dataset", ""), total=int(info["train"]["steps"]),
+                     step=int(info.get("step") or 0))
 
 
 def start_encoding(workspace, name: str, dataset: str, modality: str = "both") -> str:
