@@ -180,20 +180,64 @@ def _map_columns(names, canonical, aliases, required, label, expected) -> dict[s
     return mapping
 
 
+def _first_text(path: Path, label: str) -> str:
+    """The first non-blank character of the file ("" for a blank file), read a block at a time."""
+    try:
+        with open(path, "rb") as raw:
+            while True:
+                block = raw.read(1 << 16)
+                if not block:
+                    return ""
+                stripped = block.lstrip()
+                if stripped.startswith(b"\xef\xbb\xbf"):  # a byte-order mark is not text
+                    stripped = stripped[3:].lstrip()
+                if stripped:
+                    return stripped[:1].decode("latin-1")
+    except OSError as error:
+        raise UploadError([Problem(label, 0, f"cannot read the file ({error.strerror or error})")],
+                          "cannot read the upload") from None
+
+
+def _utf8_problems(path: Path, label: str) -> None:
+    """Refuse a file that is not UTF-8, naming every line and byte at fault (read line by line)."""
+    problems = []
+    with open(path, "rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                byte = line[error.start]
+                problems.append(Problem(label, number, f"not UTF-8 text: byte 0x{byte:02x} at column {error.start + 1}"))
+    raise UploadError(problems, f"{label} is not UTF-8 text",
+                      "it looks like Latin-1 or Windows-1252; save it as UTF-8 and upload again")
+
+
 def _records(path: Path, label: str, canonical, aliases, required, expected):
-    """Yield (line, dict of canonical name -> value) or (line, Problem) for each record of the file."""
-    text = decode_text(path, label)
-    if not text.strip():
+    """Yield (line, dict of canonical name -> value) or (line, Problem) for each record of the file.
+
+    The file is read as a stream, so a million-row upload never sits in memory whole; a byte that is not
+    UTF-8 anywhere in it refuses the whole file (the rows read before it are discarded by the importer)."""
+    first = _first_text(path, label)
+    if not first:
         raise UploadError([Problem(label, 0, "the file is empty")], f"{label} has no rows")
-    if _is_jsonl(path, text):
-        yield from _jsonl_records(text, label, canonical, aliases, required, expected)
-    else:
-        yield from _csv_records(text, label, canonical, aliases, required, expected,
-                                delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    jsonl = _is_jsonl(path, first)
+    # JSONL lines end at "\n" only (a stray "\r" inside a value is not a line break); CSV keeps its own rules.
+    handle = open(path, encoding="utf-8-sig", newline="\n" if jsonl else "")
+    try:
+        if jsonl:
+            yield from _jsonl_records(handle, label, canonical, aliases, required, expected)
+        else:
+            yield from _csv_records(handle, label, canonical, aliases, required, expected,
+                                    delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    except UnicodeDecodeError:
+        _utf8_problems(path, label)
+    finally:
+        handle.close()
 
 
 def _csv_records(text, label, canonical, aliases, required, expected, delimiter=","):
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    """`text`: the whole file as a string, or an open text file (newline="") to stream."""
+    reader = csv.reader(io.StringIO(text, newline="") if isinstance(text, str) else text, delimiter=delimiter)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as error:
@@ -218,8 +262,9 @@ def _csv_records(text, label, canonical, aliases, required, expected, delimiter=
 
 
 def _jsonl_records(text, label, canonical, aliases, required, expected):
+    """`text`: the whole file as a string, or an open text file (newline="\\n") to stream."""
     unknown: dict[str, int] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(text.split("\n") if isinstance(text, str) else text, start=1):
         if not line.strip():
             continue
         try:
@@ -261,8 +306,16 @@ def _text(record: dict, name: str, line: int, label: str, problems: list[Problem
 
 
 def read_notes(path: str | Path, limits: FieldLimits = FieldLimits()) -> NotesRead:
+    """Every checked record of the file in memory; `iter_notes` streams them instead."""
+    result = NotesRead(file=Path(path).name)
+    result.records.extend(iter_notes(path, result, limits))
+    return result
+
+
+def iter_notes(path: str | Path, result: NotesRead, limits: FieldLimits = FieldLimits()):
+    """Yield the file's good rows as NoteRecords one at a time, counting rows and collecting row problems and
+    every note id's first line in `result` (whose `records` stays empty), so memory holds the ids, not the notes."""
     path = Path(path)
-    result = NotesRead(file=path.name)
     label = path.name
     first_line = result.ids
     for line, record in _records(path, label, NOTE_COLUMNS, NOTE_ALIASES, REQUIRED_NOTE_COLUMNS, EXPECTED_NOTES):
@@ -299,8 +352,7 @@ def read_notes(path: str | Path, limits: FieldLimits = FieldLimits()) -> NotesRe
             continue
         content, topics = extract_topics(content, topics)
         note = Note(note_id=note_id, title=title, content=content, topics=topics, image=None, category=category)
-        result.records.append(NoteRecord(line=line, note=note, image_ref=image))
-    return result
+        yield NoteRecord(line=line, note=note, image_ref=image)
 
 
 def read_pairs(path: str | Path, max_id_chars: int = FieldLimits.note_id) -> PairsRead:

@@ -8,10 +8,12 @@ created are removed again. Replacing a dataset is explicit: delete it, then impo
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ import sqlite_utils
 
 from core.data.images import ImageLimits, ImageProblem, normalise_image, open_images, store_image
 from core.data.problems import Problem, UploadError
-from core.data.readers import FieldLimits, read_notes, read_pairs
+from core.data.readers import FieldLimits, NotesRead, iter_notes, read_pairs
 from core.data.schema import Note
 from core.errors import WorkbenchError
 from core.workspace import Workspace
@@ -229,34 +231,43 @@ class Store:
         progress = progress or (lambda done, total, message: None)
 
         progress(0, 1, "reading notes")
-        notes_read = read_notes(notes_path, self.field_limits)
-        pairs_read = read_pairs(pairs_file, self.field_limits.note_id) if pairs_file is not None else None
-        report = ImportReport(dataset=name, read=notes_read.read,
-                              pairs_read=pairs_read.read if pairs_read else 0)
-        image_source = open_images(images, notes_path)
+        notes_read = NotesRead(file=notes_path.name)
+        staging = _Staging(self.workspace.root)
         created: list[str] = []
+        image_source = None
         try:
+            # The good rows go to a scratch sqlite file as they are read: memory holds the note ids, not the notes.
+            staging.add(iter_notes(notes_path, notes_read, self.field_limits))
+            pairs_read = read_pairs(pairs_file, self.field_limits.note_id) if pairs_file is not None else None
+            report = ImportReport(dataset=name, read=notes_read.read,
+                                  pairs_read=pairs_read.read if pairs_read else 0)
+            image_source = open_images(images, notes_path)
             note_problems = list(notes_read.problems)
-            image_files: dict[str, str] = {}
-            with_images = [r for r in notes_read.records if r.image_ref]
-            for done, record in enumerate(with_images):
-                progress(done, len(with_images), "checking images")
+            stored: list[tuple[str, int]] = []  # (image file, line)
+            with_images = staging.count("image_ref != ''")
+            for done, (line, ref) in enumerate(staging.image_refs()):
+                progress(done, with_images, "checking images")
                 try:
-                    data = image_source.fetch(record.image_ref, self.image_limits)
+                    data = image_source.fetch(ref, self.image_limits)
                     normalised, extension = normalise_image(data, self.image_limits)
                 except ImageProblem as problem:
-                    note_problems.append(Problem(notes_read.file, record.line, f"image '{record.image_ref}': {problem}"))
+                    note_problems.append(Problem(notes_read.file, line, f"image '{ref}': {problem}"))
                     continue
                 file, new = store_image(self.workspace.images_dir, normalised, extension)
                 if new:
                     created.append(file)
-                image_files[record.note.note_id] = file
-            progress(len(with_images), max(len(with_images), 1), "checking images")
+                stored.append((file, line))
+            progress(with_images, max(with_images, 1), "checking images")
+            staging.set_images(stored)
+            del stored
             bad_lines = {p.row for p in note_problems}
-            kept = [r for r in notes_read.records if r.line not in bad_lines]
-            kept_ids = {r.note.note_id for r in kept}
-            problem_line = {r.note.note_id: r.line for r in notes_read.records if r.line in bad_lines}
-            problem_line.update({i: l for i, l in notes_read.ids.items() if i not in kept_ids and i not in problem_line})
+            staging.mark_bad(bad_lines)
+            # A note id is imported when its first row is; every failing row has a problem on its line.
+            first_line = notes_read.ids
+
+            def kept(note_id: str) -> bool:
+                line = first_line.get(note_id)
+                return line is not None and line not in bad_lines
 
             pair_problems, pairs = [], []
             if pairs_read is not None:
@@ -264,11 +275,11 @@ class Store:
                 for line, a, b in pairs_read.pairs:
                     reasons = []
                     for note_id in (a, b):
-                        if note_id in kept_ids:
+                        if kept(note_id):
                             continue
-                        if note_id in problem_line:
+                        if note_id in first_line:
                             reasons.append(f"note '{note_id}' is not imported (problem on {notes_read.file} line "
-                                           f"{problem_line[note_id]})")
+                                           f"{first_line[note_id]})")
                         else:
                             reasons.append(f"unknown note_id '{note_id}' (not in {notes_read.file})")
                     if reasons:
@@ -282,14 +293,15 @@ class Store:
             if problems and not skip_bad:
                 raise UploadError(problems, f"nothing imported into '{name}'",
                                   "fix the files, or import with --skip-bad to leave these rows out")
-            if not kept:
+            kept_count = staging.count("not bad")
+            if not kept_count:
                 raise UploadError(problems or [Problem(notes_read.file, 0, "no notes")],
                                   f"nothing to import into '{name}': no usable notes")
             report.skipped = [tuple(p) for p in sorted(note_problems, key=lambda p: p.row)]
             report.pairs_skipped = [tuple(p) for p in sorted(pair_problems, key=lambda p: p.row)]
             report.ignored = [tuple(p) for p in image_source.problems]
-            report.imported, report.pairs_imported = len(kept), len(pairs)
-            report.images = sum(1 for r in kept if r.note.note_id in image_files)
+            report.imported, report.pairs_imported = kept_count, len(pairs)
+            report.images = staging.count("not bad and image is not null")
             # Counts add up by construction; say so loudly if a change ever breaks that.
             skipped_rows = {p.row for p in note_problems}
             assert report.read == report.imported + len(skipped_rows), "notes read != imported + skipped"
@@ -298,7 +310,7 @@ class Store:
             report.pairs_skipped = _one_per_row(report.pairs_skipped)
 
             progress(0, 1, "writing")
-            self._write(name, source or _describe_source(notes_path, pairs_file, images), kept, image_files, pairs,
+            self._write(name, source or _describe_source(notes_path, pairs_file, images), staging, pairs,
                         len(report.skipped) + len(report.pairs_skipped),
                         {"read": report.read, "pairs_read": report.pairs_read})
             report.images_new = len(created)
@@ -308,37 +320,43 @@ class Store:
             self._remove_unreferenced(created)
             raise
         finally:
-            image_source.close()
+            if image_source is not None:
+                image_source.close()
+            staging.close()
 
-    def _write(self, name, source, kept, image_files, pairs, skipped, meta) -> None:
-        categories = len({r.note.category for r in kept if r.note.category})
+    def _write(self, name, source, staging: "_Staging", pairs, skipped, meta) -> None:
+        counts = staging.summary()
         with self._db() as db:
             conn = db.conn
+            # The staged rows are copied by one INSERT ... SELECT inside the transaction: atomic for readers,
+            # and the notes never pass through Python a second time.
+            conn.execute("ATTACH DATABASE ? AS staging", [str(staging.path)])
             conn.execute("BEGIN IMMEDIATE")
             try:
-                missing = [f for f in set(image_files.values()) if not (self.workspace.images_dir / f).exists()]
-                if missing:
-                    raise WorkbenchError("image files vanished during the import (a dataset was deleted meanwhile);"
-                                         " run the import again")
+                for (file,) in conn.execute("select distinct image from staging.notes where not bad and image is not null"):
+                    if not (self.workspace.images_dir / file).exists():
+                        raise WorkbenchError("image files vanished during the import (a dataset was deleted "
+                                             "meanwhile); run the import again")
                 try:
                     conn.execute("insert into datasets (name, source, created_at, notes, pairs, images, categories,"
                                  " skipped, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 [name, source, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), len(kept),
-                                  len(pairs), len(set(image_files[r.note.note_id] for r in kept if r.note.note_id in image_files)),
-                                  categories, skipped, json.dumps(meta)])
+                                 [name, source, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                                  counts["notes"], len(pairs), counts["images"], counts["categories"], skipped,
+                                  json.dumps(meta)])
                 except sqlite3.IntegrityError:
                     raise WorkbenchError(f"dataset '{name}' already exists (imported meanwhile)") from None
-                conn.executemany(
+                conn.execute(
                     "insert into notes (dataset, note_id, position, title, content, topics, image, category)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((name, r.note.note_id, i, r.note.title, r.note.content, json.dumps(r.note.topics, ensure_ascii=False),
-                      image_files.get(r.note.note_id), r.note.category) for i, r in enumerate(kept)))
+                    " select ?, note_id, row_number() over (order by line) - 1, title, content, topics, image, category"
+                    " from staging.notes where not bad order by line", [name])
                 conn.executemany("insert into pairs (dataset, position, note_id_1, note_id_2) values (?, ?, ?, ?)",
                                  ((name, i, a, b) for i, (a, b) in enumerate(pairs)))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            finally:
+                conn.execute("DETACH DATABASE staging")
 
     def _remove_unreferenced(self, files: list[str]) -> None:
         if not files:
@@ -347,6 +365,72 @@ class Store:
             for file in files:
                 if not db.conn.execute("select 1 from notes where image = ? limit 1", [file]).fetchone():
                     (self.workspace.images_dir / file).unlink(missing_ok=True)
+
+
+class _Staging:
+    """The checked rows of one import in a scratch sqlite file beside the workspace database (same disk, so
+    ATTACH and the final copy are local), deleted when the import ends. Written in chunks without a journal:
+    nothing in it outlives the import, so it needs no crash safety."""
+
+    CHUNK = 10_000
+
+    def __init__(self, folder: Path):
+        handle, name = tempfile.mkstemp(prefix=".import-", suffix=".db", dir=folder)
+        os.close(handle)
+        self.path = Path(name)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = OFF")
+        self.conn.execute("PRAGMA synchronous = OFF")
+        self.conn.execute("create table notes (line integer primary key, note_id text, title text, content text,"
+                          " topics text, image_ref text, image text, category text, bad integer default 0)")
+
+    def add(self, records) -> None:
+        insert = ("insert into notes (line, note_id, title, content, topics, image_ref, category)"
+                  " values (?, ?, ?, ?, ?, ?, ?)")
+        rows = ((r.line, r.note.note_id, r.note.title, r.note.content, json.dumps(r.note.topics, ensure_ascii=False),
+                 r.image_ref, r.note.category) for r in records)
+        while True:
+            chunk = list(itertools.islice(rows, self.CHUNK))
+            if not chunk:
+                return
+            self.conn.execute("BEGIN")
+            self.conn.executemany(insert, chunk)
+            self.conn.execute("COMMIT")
+
+    def count(self, where: str) -> int:
+        return self.conn.execute(f"select count(*) from notes where {where}").fetchone()[0]
+
+    def image_refs(self):
+        """(line, image cell) of the rows naming an image, in file order, fetched a page at a time."""
+        last = 0
+        while True:
+            page = self.conn.execute("select line, image_ref from notes where line > ? and image_ref != ''"
+                                     " order by line limit ?", [last, self.CHUNK]).fetchall()
+            if not page:
+                return
+            yield from page
+            last = page[-1][0]
+
+    def set_images(self, stored: list[tuple[str, int]]) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.executemany("update notes set image = ? where line = ?", stored)
+        self.conn.execute("COMMIT")
+
+    def mark_bad(self, lines) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.executemany("update notes set bad = 1 where line = ?", ((line,) for line in lines))
+        self.conn.execute("COMMIT")
+
+    def summary(self) -> dict:
+        notes, images, categories = self.conn.execute(
+            "select count(*), count(distinct image), count(distinct nullif(category, '')) from notes where not bad"
+        ).fetchone()
+        return {"notes": notes, "images": images, "categories": categories}
+
+    def close(self) -> None:
+        self.conn.close()
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
 def _one_per_row(problems: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
