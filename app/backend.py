@@ -1,47 +1,27 @@
-"""The app's only door into core: plain function calls, looked up when used.
+"""The app's door into core: one `Workbench`, called statically, and the few page helpers built on it.
 
-Core is written alongside the app, so a function may not exist yet in a given checkout. Every call goes
-through `Backend.call`, which raises `Unavailable` with a sentence for the page instead of crashing a tab.
-Nothing here computes embeddings or trains: the few helpers below only reshape what core returns.
+Nothing here computes embeddings or trains. Errors become one sentence for the page (`message`), and every
+unexpected one is logged with its traceback first, so nothing the user saw is lost from the server log.
 """
 from __future__ import annotations
 
-import importlib
-import os
+import logging
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import WorkbenchError
-from core.workspace import REPO_ROOT, Workspace
+from core.runs import SHIPPED_CHECKPOINTS, shipped_checkpoints_dir
+from core.workbench import TRAINABLE_VARIANTS, VARIANT_DESCRIPTIONS, ZERO_SHOT, Variant, Workbench
 
-SHIPPED_CHECKPOINTS = REPO_ROOT / "assets" / "checkpoints"
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "Startup", "SHIPPED_CHECKPOINTS", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS", "ZERO_SHOT",
+           "checkpoints_dir", "describe", "message", "variant_label"]
 
 
 def checkpoints_dir() -> Path:
-    """Shipped demo checkpoints; NOTELLM2_CHECKPOINTS points elsewhere (the app tests use tiny runs only)."""
-    return Path(os.environ.get("NOTELLM2_CHECKPOINTS") or SHIPPED_CHECKPOINTS)
-
-# What each variant is, in one line, so that no table or dropdown shows a bare code name.
-VARIANT_DESCRIPTIONS = {
-    "text": "LLM on the text prompt only (no image)",
-    "basic": "image tokens in the prompt (basic MLRM)",
-    "micl": "mICL: image compressed first, then the text",
-    "late": "text prompt + late-fusion gate with the image feature",
-    "basic+late": "image tokens in the prompt + late fusion",
-    "micl+late": "mICL + late fusion (= NoteLLM-2)",
-    "zs-text": "zero-shot: frozen text embedder (MiniLM)",
-    "zs-image": "zero-shot: frozen vision encoder",
-    "zs-concat": "zero-shot: text and image embedders concatenated",
-    "zs-llm": "zero-shot: untrained MLRM (no fine-tuning)",
-}
-TRAINABLE_VARIANTS = ["text", "basic", "micl", "late", "basic+late", "micl+late"]
-ZERO_SHOT = ["zs-text", "zs-image", "zs-concat", "zs-llm"]
-
-
-class Unavailable(Exception):
-    """A core function this tab needs is not in this checkout yet (or failed to import)."""
+    return shipped_checkpoints_dir()
 
 
 @dataclass
@@ -56,61 +36,17 @@ class Startup:
 
 class Backend:
     def __init__(self, workspace=None):
-        self.workspace = Workspace.open(workspace)
+        self.workbench = Workbench(workspace)
+        self.workspace = self.workbench.workspace
         self.startup = Startup()
-        self._store = None
-
-    # ------------------------------------------------------------------------------------ core lookup
-    def function(self, module: str, name: str):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as error:
-            raise Unavailable(f"`{module}` is not available in this checkout yet ({error}).") from None
-        except Exception as error:  # a half-written core module must not take the page down
-            raise Unavailable(f"`{module}` failed to import: {type(error).__name__}: {error}") from None
-        fn = getattr(mod, name, None)
-        if fn is None:
-            raise Unavailable(f"`{module}.{name}` is not available in this checkout yet.")
-        return fn
-
-    def has(self, module: str, name: str) -> bool:
-        try:
-            self.function(module, name)
-            return True
-        except Unavailable:
-            return False
-
-    def call(self, module: str, name: str, *args, **kwargs):
-        return self.function(module, name)(*args, **kwargs)
-
-    def service(self, name: str, *args, **kwargs):
-        """core.service functions all take the workspace first."""
-        return self.call("core.service", name, self.workspace, *args, **kwargs)
-
-    def analysis_function(self, name: str):
-        for module in (f"core.analysis.{_ANALYSIS_MODULES.get(name, name)}", "core.analysis"):
-            try:
-                return self.function(module, name)
-            except Unavailable:
-                continue
-        raise Unavailable(f"`core.analysis.{name}` is not available in this checkout yet.")
-
-    def analysis(self, name: str, *args, **kwargs):
-        return self.analysis_function(name)(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------ data
     @property
     def store(self):
-        if self._store is None:
-            Store = self.function("core.data.store", "Store")
-            self._store = Store(self.workspace)
-        return self._store
+        return self.workbench.store
 
     def dataset_names(self) -> list[str]:
-        try:
-            return [d.name for d in self.store.list_datasets()]
-        except Unavailable:
-            return []
+        return self.workbench.dataset_names()
 
     def default_dataset(self) -> str | None:
         names = self.dataset_names()
@@ -120,39 +56,24 @@ class Backend:
 
     def related(self, dataset: str) -> dict[str, set[str]]:
         """note_id -> ids it is paired with (the known related notes, both directions)."""
-        out: dict[str, set[str]] = {}
-        for a, b in self.store.pairs(dataset):
-            out.setdefault(a, set()).add(b)
-            out.setdefault(b, set()).add(a)
-        return out
+        return self.workbench.related(dataset)
 
     # ------------------------------------------------------------------------------------ variants
-    def variants(self, dataset: str | None) -> list[dict]:
+    def variants(self, dataset: str | None) -> list[Variant]:
         """Everything a view can show for a dataset: finished runs first, then zero-shot baselines."""
-        if not dataset:
-            return []
-        try:
-            rows = list(self.service("list_variants", dataset))
-        except Unavailable:
-            return []
-        return rows
+        return self.workbench.variants(dataset)
 
     def variant_choices(self, dataset: str | None, include_zero_shot: bool = True,
                         trained_only: bool = False) -> list[tuple[str, str]]:
-        choices = []
-        for row in self.variants(dataset):
-            if row.get("kind") == "zero-shot" and (not include_zero_shot or trained_only):
-                continue
-            if row.get("kind") == "run" and row.get("status") not in (None, "done", "finished", "ready", "completed"):
-                continue
-            choices.append((variant_label(row), row["name"]))
-        return choices
+        return [(variant_label(v), v.name) for v in self.variants(dataset)
+                if not (v.zero_shot and (trained_only or not include_zero_shot))]
 
-    def variant_row(self, dataset: str | None, name: str) -> dict:
+    def variant_row(self, dataset: str | None, name: str) -> Variant:
         for row in self.variants(dataset):
-            if row["name"] == name:
+            if row.name == name:
                 return row
-        return {"name": name, "kind": "zero-shot" if name in ZERO_SHOT else "run", "variant": name}
+        zero_shot = name in ZERO_SHOT
+        return Variant(name=name, kind="zero-shot" if zero_shot else "run", variant=name, dataset=dataset or "")
 
     # ------------------------------------------------------------------------------------ start-up
     def start_background(self) -> threading.Thread:
@@ -164,65 +85,38 @@ class Backend:
         s = self.startup
         s.state, s.message = "running", "importing the bundled sample dataset…"
         try:
-            s.sample = self.call("core.data.sample", "ensure_sample_dataset", self.workspace)
+            s.sample = self.workbench.ensure_sample()
             s.message = "sample dataset ready"
-            s.demo_runs = self._install_demo_checkpoints()
+            s.demo_runs = self.workbench.install_checkpoints()
             s.state = "ready"
             s.message = "ready"
-        except (Unavailable, WorkbenchError) as error:
-            s.state, s.message = "failed", str(error)
-        except Exception as error:  # keep serving; say what happened
-            traceback.print_exc()
-            s.state, s.message = "failed", f"{type(error).__name__}: {error}"
+        except Exception as error:  # keep serving; the banner says what happened
+            s.state, s.message = "failed", message(error)
 
     def demo_checkpoints(self) -> list[Path]:
-        if not checkpoints_dir().is_dir():
-            return []
-        return sorted(p for p in checkpoints_dir().iterdir() if p.is_dir() and (p / "config.json").is_file())
-
-    def _install_demo_checkpoints(self) -> list[str]:
-        """Shipped demo runs (assets/checkpoints/<variant>/) become workspace runs through core when it can."""
-        found = self.demo_checkpoints()
-        if not found:
-            return []
-        for name in ("install_checkpoints", "install_demo_checkpoints", "register_checkpoints"):
-            if self.has("core.service", name):
-                result = self.service(name, checkpoints_dir())
-                return list(result or [p.name for p in found])
-        return []
+        return self.workbench.shipped_checkpoints()
 
 
-_ANALYSIS_MODULES = {
-    "saliency_by_layer": "saliency",
-    "image_attention": "attention",
-    "gate_shares": "gate",
-    "project": "projection",
-    "aligned_projections": "projection",
-    "compare_neighbor_lists": "compare",
-    "compare_over_dataset": "compare",
-    "modality_neighbors": "modality",
-}
-
-
-def variant_label(row: dict) -> str:
+def variant_label(row: Variant) -> str:
     """"micl+late · my-run (100 steps)" or "zs-concat · zero-shot"."""
-    variant = row.get("variant") or row["name"]
-    if row.get("kind") == "zero-shot":
-        return f"{row['name']} · {VARIANT_DESCRIPTIONS.get(row['name'], 'zero-shot')}"
-    steps = row.get("steps")
-    extra = f", {steps} steps" if steps else ""
-    if row["name"] == variant:
-        return f"{variant} · trained{extra}"
-    return f"{row['name']} · {variant}{extra}"
+    if row.zero_shot:
+        return f"{row.name} · {VARIANT_DESCRIPTIONS.get(row.name, 'zero-shot')}"
+    extra = f", {row.steps} steps" if row.steps else ""
+    if row.name == row.variant:
+        return f"{row.variant} · trained{extra}"
+    return f"{row.name} · {row.variant}{extra}"
 
 
-def describe(name: str, row: dict | None = None) -> str:
-    variant = (row or {}).get("variant") or name
+def describe(name: str, row: Variant | None = None) -> str:
+    variant = row.variant if row is not None and row.variant else name
     return VARIANT_DESCRIPTIONS.get(variant, VARIANT_DESCRIPTIONS.get(name, ""))
 
 
 def message(error: BaseException) -> str:
-    """One readable line for the page, whatever went wrong."""
-    if isinstance(error, (Unavailable, WorkbenchError)):
+    """One readable line for the page, whatever went wrong. A WorkbenchError is the user's to fix and is
+    shown as it is; anything else is a bug or an environment problem: logged with its traceback here."""
+    if isinstance(error, WorkbenchError):
+        log.info("refused: %s", error)
         return str(error)
-    return f"{type(error).__name__}: {error}"
+    log.error("unexpected error in the app", exc_info=error)
+    return f"Something went wrong ({type(error).__name__}: {error}); the server log has the details."

@@ -69,12 +69,9 @@ def banner(backend: Backend, dataset) -> str:
     elif s.state == "failed":
         parts.append(f"⚠️ Start-up problem: {s.message}")
     variants = backend.variants(dataset) if dataset else []
-    runs = [v for v in variants if v.get("kind") == "run"]
-    zero = [v for v in variants if v.get("kind") == "zero-shot"]
-    if not backend.has("core.service", "list_variants"):
-        parts.append("⚠️ The engine (core.service) is not in this checkout yet: Data works, the model tabs say what "
-                     "they are waiting for.")
-    elif not runs:
+    runs = [v for v in variants if not v.zero_shot]
+    zero = [v for v in variants if v.zero_shot]
+    if not runs:
         shipped = "no demo checkpoints are shipped yet" if not backend.demo_checkpoints() else \
             "the shipped demo checkpoints are not installed in this workspace"
         parts.append(f"ℹ️ No trained variant for **{dataset}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "

@@ -9,9 +9,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.backend import Backend, Unavailable, message
+from app.backend import Backend, message
 from app.render import esc
 from app.tabs.common import _default_selection, note_choices
+from core.analysis.attention import image_attention
+from core.analysis.gate import gate_shares
+from core.analysis.saliency import saliency_by_layer
 
 PALETTE = ["#4f6bed", "#e4572e", "#17a398", "#f3a712", "#8e6c8a", "#29335c"]
 _saliency_cache: dict[tuple, pd.DataFrame] = {}
@@ -27,7 +30,7 @@ def _pairs(backend: Backend, dataset, count: int, seed: int = 0):
     pairs = backend.store.pairs(dataset)
     random.Random(seed).shuffle(pairs)
     pairs = pairs[:count]
-    notes = {n.note_id: n for n in backend.store.notes(dataset, {i for p in pairs for i in p})}
+    notes = {n.note_id: n for n in backend.workbench.notes(dataset)}
     return [(notes[a], notes[b]) for a, b in pairs]
 
 
@@ -46,12 +49,12 @@ def saliency(backend: Backend, dataset, names, batches, progress=gr.Progress()):
         key = (str(backend.workspace.root), dataset, name, int(batches))
         if key not in _saliency_cache:
             progress(0, desc=f"{name}: loading the model")
-            model = backend.service("load_encoder", name)
+            model = backend.workbench.encoder(name)
 
             def report(done, total, msg="", _name=name):
                 progress((done, max(total, 1)), desc=f"{_name}: {msg or 'saliency'}")
-            _saliency_cache[key] = backend.analysis("saliency_by_layer", model, pairs, batch_pairs=batch_pairs,
-                                                    max_batches=int(batches), progress=report)
+            _saliency_cache[key] = saliency_by_layer(model, pairs, batch_pairs=batch_pairs, max_batches=int(batches),
+                                                     progress=report)
         frame = _saliency_cache[key]
         colour = PALETTE[i % len(PALETTE)]
         for col, measure in enumerate(("S_v", "S_t", "S_o"), start=1):
@@ -78,11 +81,10 @@ def heatmap(backend: Backend, dataset, name, note_id):
     """(overlay image, per-layer figure, markdown)."""
     if not (dataset and name and note_id):
         return None, None, "Choose a variant and a note."
-    note = backend.store.note(dataset, note_id)
+    note = backend.workbench.note(dataset, note_id)
     if not note.image:
         return None, None, "This note has no image: there is nothing to attend to."
-    model = backend.service("load_encoder", name)
-    out = backend.analysis("image_attention", model, note)
+    out = image_attention(backend.workbench.encoder(name), note)
     fig = go.Figure()
     for key, label in (("per_layer", "n_m (final token)"), ("per_layer_visual", "n_v (before <IMG_EMB>)")):
         values = out.get(key)
@@ -101,17 +103,16 @@ def gates(backend: Backend, dataset, name, note_id, sample, progress=gr.Progress
     if not (dataset and name):
         return None, "Choose a variant with late fusion."
     row = backend.variant_row(dataset, name)
-    if "late" not in (row.get("variant") or name):
-        return None, (f"**{esc(name)}** has no late-fusion gate (variant `{esc(row.get('variant') or name)}`): choose "
+    if not row.late_fusion:
+        return None, (f"**{esc(name)}** has no late-fusion gate (variant `{esc(row.variant)}`): choose "
                       "`late`, `basic+late` or `micl+late`.")
-    notes = backend.store.notes(dataset)
+    notes = backend.workbench.notes(dataset)
     random.Random(0).shuffle(notes)
     chosen = notes[: int(sample)]
     if note_id and note_id not in {n.note_id for n in chosen}:
-        chosen.append(backend.store.note(dataset, note_id))
+        chosen.append(backend.workbench.note(dataset, note_id))
     progress(0, desc=f"{name}: gate over {len(chosen)} notes")
-    model = backend.service("load_encoder", name)
-    frame = backend.analysis("gate_shares", model, chosen)
+    frame = gate_shares(backend.workbench.encoder(name), chosen)
     fig = go.Figure()
     for has_image, label, colour in ((True, "with image", "#4f6bed"), (False, "no image (zero stand-in)", "#aaa")):
         part = frame[frame["has_image"] == has_image] if "has_image" in frame else frame
@@ -164,8 +165,6 @@ def build(backend: Backend, dataset: gr.Dropdown):
         def run(*args, progress=gr.Progress()):
             try:
                 return fn(backend, *args, progress=progress) if fn is not heatmap else fn(backend, *args)
-            except Unavailable as error:
-                return (*([None] * (n_out - 1)), f"⚠️ {esc(message(error))}")
             except Exception as error:
                 gr.Warning(message(error)[:200])
                 return (*([None] * (n_out - 1)), f"⚠️ {esc(message(error))}")
@@ -179,15 +178,16 @@ def build(backend: Backend, dataset: gr.Dropdown):
     def refresh(ds, current_names, current_variant, current_note):
         choices = _mlrm_choices(backend, ds)
         names = [v for _, v in choices]
-        variant_of = {row["name"]: row.get("variant") or row["name"] for row in backend.variants(ds)}
+        variant_of = {row.name: row.variant or row.name for row in backend.variants(ds)}
         kept = [n for n in (current_names or []) if n in names] or _default_selection(names, 2, variant_of)
         gated = [n for n in names if "late" in variant_of.get(n, n)]  # the gate view needs late fusion
         value = current_variant if current_variant in names else ((gated or names or [None])[0])
         try:
             notes = [c for c in note_choices(backend, ds)]
-            with_image = {n.note_id for n in backend.store.notes(ds) if n.image} if ds else set()
+            with_image = {n.note_id for n in backend.workbench.notes(ds) if n.image} if ds else set()
             notes = [c for c in notes if c[1] in with_image] or notes
-        except Exception:
+        except Exception as error:
+            message(error)  # logged; the picker stays empty and the buttons say what is missing
             notes = []
         ids = [v for _, v in notes]
         note_value = current_note if current_note in ids else (ids[0] if ids else None)

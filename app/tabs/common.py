@@ -5,6 +5,7 @@ import gradio as gr
 
 from app.backend import Backend, describe
 from app.render import note_choice
+from core.workbench import Hit
 
 MODALITIES = [("Image + text", "both"), ("Text only (zero image)", "text"), ("Image only (empty text)", "image")]
 
@@ -55,13 +56,9 @@ def composed_image(image):
     return picture
 
 
-def neighbours(backend: Backend, dataset, variant, note_id=None, query=None, k=10, modality="both"):
-    """[(Note, score, rank)] without the query itself; core decides the ranking."""
-    rows = backend.service("neighbors", variant, dataset, note_id=note_id, query=query, k=int(k) + 1,
-                           modality=modality)
-    rows = [r for r in rows if r["note_id"] != note_id][: int(k)]
-    notes = {n.note_id: n for n in backend.store.notes(dataset, [r["note_id"] for r in rows])}
-    return [(notes[r["note_id"]], float(r["score"]), i + 1) for i, r in enumerate(rows)]
+def neighbours(backend: Backend, dataset, variant, note_id=None, query=None, k=10, modality="both") -> list[Hit]:
+    """The k nearest notes without the query itself; core decides the ranking."""
+    return backend.workbench.neighbours(variant, dataset, note_id=note_id, query=query, k=int(k), modality=modality)
 
 
 def refresh_variants(backend: Backend, dataset, current, multiselect: bool = False, trained_only: bool = False,
@@ -69,7 +66,7 @@ def refresh_variants(backend: Backend, dataset, current, multiselect: bool = Fal
     """Dropdown update that keeps the user's choice when it still exists."""
     choices = backend.variant_choices(dataset, trained_only=trained_only)
     names = [value for _, value in choices]
-    variant_of = {row["name"]: row.get("variant") or row["name"] for row in backend.variants(dataset)}
+    variant_of = {row.name: row.variant or row.name for row in backend.variants(dataset)}
     if multiselect:
         kept = [v for v in (current or []) if v in names]
         if not kept:
@@ -99,7 +96,7 @@ def variants_legend(backend: Backend, dataset, names) -> str:
     for name in names or []:
         row = backend.variant_row(dataset, name)
         what = describe(name, row)
-        kind = "zero-shot baseline" if row.get("kind") == "zero-shot" else (
-            f"fine-tuned run, variant `{row.get('variant')}`" + (f", {row['steps']} steps" if row.get("steps") else ""))
+        kind = "zero-shot baseline" if row.zero_shot else (
+            f"fine-tuned run, variant `{row.variant}`" + (f", {row.steps} steps" if row.steps else ""))
         rows.append(f"- **{name}**: {what} ({kind})")
     return "\n".join(rows)

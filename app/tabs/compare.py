@@ -1,39 +1,20 @@
 """Compare tab (ablation viewer): one query under 2-4 variants side by side, then Recall@k of all variants."""
 from __future__ import annotations
 
-import inspect
-
 import gradio as gr
 import pandas as pd
 
-from app.backend import Backend, Unavailable, describe, message
+from app.backend import Backend, describe, message
 from app.render import badge, esc, note_card, notice, query_card
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
+from core.analysis.compare import compare_neighbor_lists
+from core.workbench import MODALITIES as MODALITY_NAMES
 
 MAX_VARIANTS = 4
 
 
-def _overlap_fallback(lists: dict[str, list[str]], k: int) -> dict:
-    """Used only while core.analysis.compare_neighbor_lists is missing: plain set arithmetic on the ids."""
-    names = list(lists)
-    ref = set(lists[names[0]][:k]) if names else set()
-    pairs = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sa, sb = set(lists[a][:k]), set(lists[b][:k])
-            pairs.append({"a": a, "b": b, "overlap": len(sa & sb) / max(k, 1),
-                             "jaccard": len(sa & sb) / max(len(sa | sb), 1)})
-    per = {n: {"entered": [i for i in lists[n][:k] if i not in ref],
-               "left": [i for i in lists[names[0]][:k] if i not in set(lists[n][:k])]} for n in names}
-    return {"pairs": pairs, "per_variant": per}
-
-
 def _pairwise_frame(result: dict) -> pd.DataFrame:
-    rows = result.get("pairs") or result.get("pairwise") or []
-    if isinstance(rows, dict):  # {(a, b): {...}} or {"a|b": {...}}
-        rows = [{"a": k[0] if isinstance(k, tuple) else str(k), **({"b": k[1]} if isinstance(k, tuple) else {}), **v}
-                for k, v in rows.items()]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(result["pairs"])
     if "shared" in frame:
         frame["shared"] = frame["shared"].map(lambda x: len(x) if isinstance(x, (list, tuple, set)) else x)
     for col in frame.columns:
@@ -54,7 +35,7 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
         gr.Warning(f"At most {MAX_VARIANTS} variants side by side; showing the first {MAX_VARIANTS}.")
         names = names[:MAX_VARIANTS]
     k = int(k)
-    query = backend.store.note(dataset, note_id)
+    query = backend.workbench.note(dataset, note_id)
     related = backend.related(dataset).get(note_id, set())
     results, errors = {}, {}
     for name in names:
@@ -62,19 +43,16 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
             results[name] = neighbours(backend, dataset, name, note_id=note_id, k=k, modality=modality)
         except Exception as error:
             errors[name] = message(error)
-    lists = {n: [note.note_id for note, _, _ in rows] for n, rows in results.items()}
+    lists = {n: [hit.note_id for hit in rows] for n, rows in results.items()}
     target = sorted(related)[0] if related else None
     if len(lists) >= 2:
-        try:
-            metrics = backend.analysis("compare_neighbor_lists", lists, k=k, target=target)
-        except Unavailable:
-            metrics = _overlap_fallback(lists, k)
+        metrics = compare_neighbor_lists(lists, k=k, target=target)
     else:
         metrics = {"pairs": [], "per_variant": {}}
-    per = metrics.get("per_variant") or {n: metrics.get(n, {}) for n in lists}
+    per = metrics["per_variant"]
 
     reference = names[0]
-    ref_rank = {note.note_id: rank for note, _, rank in results.get(reference, [])}
+    ref_rank = {hit.note_id: hit.rank for hit in results.get(reference, [])}
     columns = []
     for name in names:
         head = (f'<div class="wb-colhead"><b>{esc(name)}</b>'
@@ -82,12 +60,13 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
         if name in errors:
             columns.append(f'<div class="wb-col">{head}</div>{notice(errors[name], "error")}</div>')
             continue
-        found = sum(1 for note, _, _ in results[name] if note.note_id in related)
+        found = sum(1 for hit in results[name] if hit.note_id in related)
         head += (f'<div class="wb-small">related found: {found}/{len(related)}'
                  + (" · reference column" if name == reference else
                     f" · {len([i for i in lists[name] if i not in ref_rank])} entered vs {esc(reference)}") + "</div></div>")
         cards = []
-        for note, score, rank in results[name]:
+        for hit in results[name]:
+            note, score, rank = hit.note, hit.score, hit.rank
             badges = []
             if note.note_id in related:
                 badges.append(badge("related ✓", "related"))
@@ -104,7 +83,7 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
             left = [i for i in lists[reference] if i not in set(lists[name])]
         left_html = ""
         if left:
-            titles = {n.note_id: n.title for n in backend.store.notes(dataset, left)}
+            titles = {i: backend.workbench.note(dataset, i).title for i in left}
             left_html = ('<div class="wb-left"><span class="wb-badge left">left</span> '
                          + ", ".join(f"#{ref_rank.get(i, '?')} {esc(titles.get(i, i))}" for i in left) + "</div>")
         columns.append(f'<div class="wb-col">{head}{"".join(cards)}{left_html}</div>')
@@ -123,12 +102,10 @@ def recall_table(backend: Backend, dataset, names, subset, progress=gr.Progress(
     names = [n for n in (names or []) if n]
     if not names:
         return pd.DataFrame(), "Choose the variants to evaluate."
-    fn = backend.function("core.service", "evaluation_table")
-    kwargs = {"modalities": ("both", "image", "text")}
-    if "progress" in inspect.signature(fn).parameters:
-        kwargs["progress"] = lambda done, total, *rest: progress((done, max(total, 1)), desc="encoding test notes")
     progress(0, desc=f"evaluating {len(names)} variants × 3 modalities (cached after the first time)")
-    frame = fn(backend.workspace, dataset, names, **kwargs)
+    frame = backend.workbench.evaluation_table(
+        dataset, names, MODALITY_NAMES,
+        progress=lambda done, total, *rest: progress((done, max(total, 1)), desc="encoding test notes"))
     return format_recall(backend, dataset, frame, subset), RECALL_NOTE
 
 

@@ -91,7 +91,7 @@ def delete_selected(backend: Backend, dataset, confirm):
     if not dataset:
         return "Choose the dataset to delete in the dataset menu above.", datasets_table(backend), gr.update()
     try:
-        backend.service("delete_dataset", dataset, confirm=confirm or "")
+        backend.workbench.delete_dataset(dataset, confirm=confirm or "")
     except Exception as error:
         text = message(error)
         gr.Warning(text.splitlines()[0][:200])
@@ -137,9 +137,9 @@ def stats(backend: Backend, dataset):
     """(markdown summary, category bar chart, category dropdown update)."""
     if not dataset:
         return "No dataset selected.", None, gr.update(choices=[ALL], value=ALL)
-    info = backend.store.dataset(dataset) if hasattr(backend.store, "dataset") else None
+    info = backend.store.dataset(dataset)
     categories = backend.store.categories(dataset)
-    notes = backend.store.notes(dataset)
+    notes = backend.workbench.notes(dataset)
     related = backend.related(dataset)
     degrees = [len(related.get(n.note_id, ())) for n in notes]
     lengths = sorted(len(n.title or "") + len(n.content or "") for n in notes)
@@ -152,9 +152,8 @@ def stats(backend: Backend, dataset):
              f"Pairs per note: median {sorted(degrees)[len(degrees) // 2] if degrees else 0}, max {max(degrees, default=0)};"
              f" {unpaired} notes have no pair (they can be neighbours but never queries).",
              f"Text length (title + content): median {median_len} characters."]
-    if info is not None:
-        lines.append(f"Source: {esc(info.source)} · imported {esc(info.created_at)}"
-                     + (f" · {info.skipped} rows skipped at import" if getattr(info, "skipped", 0) else ""))
+    lines.append(f"Source: {esc(info.source)} · imported {esc(info.created_at)}"
+                 + (f" · {info.skipped} rows skipped at import" if info.skipped else ""))
     cats = list(categories.items())
     fig = go.Figure(go.Bar(x=[c or "(none)" for c, _ in cats], y=[n for _, n in cats],
                            marker_color="#4f6bed", hovertemplate="%{x}: %{y} notes<extra></extra>"))

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from app.backend import Backend, message
 from app.render import badge, esc, grid, note_card, notice
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
+from core.analysis.projection import aligned_projections, project
 
 COLOURS = ["#4f6bed", "#e4572e", "#17a398", "#f3a712", "#8e6c8a", "#29335c", "#c2185b", "#7cb518", "#0081a7",
            "#f07167", "#6d597a", "#b56576", "#355070", "#e09f3e", "#9e2a2b", "#335c67", "#540b0e", "#2a9d8f",
@@ -50,14 +51,13 @@ def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progres
     if not dataset or not names:
         raise gr.Error("Choose one or two variants.")
     related = backend.related(dataset)
-    notes = {n.note_id: n for n in backend.store.notes(dataset)}
+    notes = {n.note_id: n for n in backend.workbench.notes(dataset)}
     vectors, ids = {}, None
     for i, name in enumerate(names):
         def report(done, total, msg="", _name=name):
             progress((done, max(total, 1)), desc=f"{_name}: {msg or 'encoding'}")
         progress(0, desc=f"{name}: vectors (cached after the first time)")
-        got_ids, vecs = backend.service("dataset_vectors", name, dataset, modality=modality, progress=report)
-        got_ids = [str(x) for x in got_ids]
+        got_ids, vecs = backend.workbench.dataset_vectors(name, dataset, modality=modality, progress=report)
         if ids is None:
             ids = got_ids
         elif got_ids != ids:  # align to the first variant's order
@@ -68,12 +68,11 @@ def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progres
     cache_dir.mkdir(parents=True, exist_ok=True)
     progress(0.8, desc="UMAP projection (cached; the first run compiles numba, ~10 s)")
     if len(names) == 2:
-        a, b = backend.analysis("aligned_projections", vectors[names[0]], vectors[names[1]], cache_dir,
-                                f"{dataset}-{names[0]}-{names[1]}-{modality}")
+        a, b = aligned_projections(vectors[names[0]], vectors[names[1]], cache_dir,
+                                   f"{dataset}-{names[0]}-{names[1]}-{modality}")
         coords = {names[0]: np.asarray(a), names[1]: np.asarray(b)}
     else:
-        coords = {names[0]: np.asarray(backend.analysis("project", vectors[names[0]], cache_dir,
-                                                        f"{dataset}-{names[0]}-{modality}", 0))}
+        coords = {names[0]: np.asarray(project(vectors[names[0]], cache_dir, f"{dataset}-{names[0]}-{modality}", 0))}
     return {"dataset": dataset, "names": names, "modality": modality, "ids": ids,
             "titles": [notes[i].title if i in notes else i for i in ids],
             "categories": [notes[i].category if i in notes else "" for i in ids],
@@ -142,7 +141,7 @@ def select(backend: Backend, state: dict | None, colour_by, note_id, k=8):
     if not note_id:
         return figure(state, colour_by, None), ""
     dataset = state["dataset"]
-    query = backend.store.note(dataset, note_id)
+    query = backend.workbench.note(dataset, note_id)
     related = backend.related(dataset).get(note_id, set())
     neighbour_ids, blocks = {}, []
     for name in state["names"]:
@@ -151,10 +150,10 @@ def select(backend: Backend, state: dict | None, colour_by, note_id, k=8):
         except Exception as error:
             blocks.append(f"<h4>{esc(name)}</h4>" + notice(message(error), "error"))
             continue
-        neighbour_ids[name] = [n.note_id for n, _, _ in rows]
-        cards = [note_card(n, rank=r, score=s, size=72, extra_class="compact",
-                           badges=[badge("related ✓", "related")] if n.note_id in related else [])
-                 for n, s, r in rows]
+        neighbour_ids[name] = [hit.note_id for hit in rows]
+        cards = [note_card(hit.note, rank=hit.rank, score=hit.score, size=72, extra_class="compact",
+                           badges=[badge("related ✓", "related")] if hit.note_id in related else [])
+                 for hit in rows]
         blocks.append(f'<div class="wb-col"><div class="wb-colhead"><b>{esc(name)}</b></div>{grid(cards, "wb-grid small")}</div>')
     head = (f'<div class="wb-small">Neighbours of <b>{esc(query.title)}</b> ({esc(query.category)}); '
             f'{len(related)} known related.</div>')

@@ -4,7 +4,6 @@ Training never runs in the UI process: core.service starts a job and the page po
 gr.Timer. A page reload re-attaches to the newest running job through `list_jobs`."""
 from __future__ import annotations
 
-import inspect
 import time
 
 import gradio as gr
@@ -13,13 +12,13 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, VARIANT_DESCRIPTIONS, message
 from app.render import esc
+from core.workbench import Job, JobState
 
 PRESETS = {
     "tiny": "tiny random backbones built in code: seconds per run, for checks (results are meaningless)",
     "cpu": "offline SmolLM2-135M + EfficientNet-Lite0, LoRA on the LLM: about 5 s per step on 2 CPU cores",
     "reference": "the paper's recipe (full fine-tuning, lr 3e-6, bf16): for GPUs and large data",
 }
-ACTIVE = ("queued", "running")  # core.jobs.ACTIVE
 POLL_S = 1.5
 
 
@@ -34,21 +33,13 @@ def default_run_name(variant: str, dataset) -> str:
     return f"{variant.replace('+', '-')}-{dataset or 'data'}-{time.strftime('%H%M%S')}"
 
 
-def overrides_from(backend: Backend, batch, lr_llm, lr_new, llm, vision, lora) -> dict:
-    """Only what the user set; empty fields keep the preset's value. Names follow core's start_training."""
+def overrides_from(batch, lr_llm, lr_new, llm, vision, lora) -> dict:
+    """Only what the user set; empty fields keep the preset's value."""
     wanted = {"batch_pairs": int(batch) if batch else None, "lr_llm": float(lr_llm) if lr_llm else None,
               "lr_new": float(lr_new) if lr_new else None, "llm": (llm or "").strip() or None,
-              "vision": (vision or "").strip() or None}
-    if lora in ("lora", "full", "frozen"):
-        wanted["llm_tuning"] = lora
-    wanted = {k: v for k, v in wanted.items() if v is not None}
-    try:
-        params = inspect.signature(backend.function("core.service", "start_training")).parameters
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            wanted = {k: v for k, v in wanted.items() if k in params}
-    except Exception:
-        pass
-    return wanted
+              "vision": (vision or "").strip() or None,
+              "llm_tuning": lora if lora in ("lora", "full", "frozen") else None}
+    return {k: v for k, v in wanted.items() if v is not None}
 
 
 def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision, lora):
@@ -60,34 +51,20 @@ def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch
         raise gr.Error("A batch needs at least 2 pairs (the other pairs are the negatives).")
     variant = variant_of(image_mode, late)
     run = (run or "").strip() or default_run_name(variant, dataset)
-    job_id = backend.service("start_training", dataset, variant, run, preset=preset, steps=int(steps),
-                             **overrides_from(backend, batch, lr_llm, lr_new, llm, vision, lora))
+    job_id = backend.workbench.start_training(dataset, variant, run, preset=preset, steps=int(steps),
+                                              **overrides_from(batch, lr_llm, lr_new, llm, vision, lora))
     gr.Info(f"Started run '{run}' ({variant}, {preset}, {int(steps)} steps)")
     return job_id, run
 
 
-def latest_job(backend: Backend) -> dict | None:
-    """The newest running training job, else the newest training job: what a reloaded page shows."""
-    try:
-        jobs = [j for j in backend.service("list_jobs") if j.get("kind", "train") in ("train", "training")]
-    except Exception:
-        return None
-    if not jobs:
-        return None
-    running = [j for j in jobs if j.get("state") in ACTIVE]
-    newest = lambda rows: max(rows, key=lambda j: (j.get("created_at") or "", j.get("job_id") or ""))
-    return newest(running or jobs)
-
-
-def progress_html(status: dict | None) -> str:
-    if not status:
+def progress_html(job: Job | None) -> str:
+    if job is None:
         return '<div class="wb-job idle">No training job yet in this workspace.</div>'
-    step, total = int(status.get("step") or 0), int(status.get("total") or 0)
-    share = step / total if total else 0.0
-    state = status.get("state", "?")
-    return (f'<div class="wb-job {esc(state)}"><div class="wb-job-head"><b>{esc(status.get("run", ""))}</b>'
+    share = job.step / job.total if job.total else 0.0
+    state = job.state.value
+    return (f'<div class="wb-job {esc(state)}"><div class="wb-job-head"><b>{esc(job.run)}</b>'
             f'<span class="wb-badge state-{esc(state)}">{esc(state)}</span>'
-            f'<span>step {step} / {total or "?"}</span><span class="wb-small">{esc(status.get("message") or "")}</span>'
+            f'<span>step {job.step} / {job.total or "?"}</span><span class="wb-small">{esc(job.message)}</span>'
             f'</div><div class="wb-bar"><div style="width:{100 * share:.1f}%"></div></div></div>')
 
 
@@ -114,23 +91,17 @@ def poll(backend: Backend, job_id, last_state):
     if not job_id:
         return (progress_html(None), gr.update(), "", last_state, gr.Timer(active=False),
                 gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=False))
-    status = backend.service("job_status", job_id)
-    state = status.get("state")
-    try:
-        events = backend.service("run_events", status.get("run"))
-    except Exception:
-        events = []
-    log = status.get("log_tail") or ""
-    if isinstance(log, list):
-        log = "\n".join(map(str, log))
-    active = state in ACTIVE
-    if last_state in ACTIVE and not active:
-        if state == "finished":
-            gr.Info(f"Run '{status.get('run')}' finished: it is now a variant in every tab.")
+    job = backend.workbench.job(job_id)
+    # A job that failed before its worker created the run folder has no events yet.
+    events = backend.workbench.run_events(job.run) if backend.workbench.runs.folder(job.run).exists() else []
+    active = job.active
+    if last_state and JobState(last_state).active and not active:
+        if job.state is JobState.FINISHED:
+            gr.Info(f"Run '{job.run}' finished: it is now a variant in every tab.")
         else:
-            gr.Warning(f"Run '{status.get('run')}' {state}: {status.get('message') or ''}"[:200])
-    resumable = state in ("cancelled", "failed")
-    return (progress_html(status), curves(events), log, state, gr.Timer(active=active),
+            gr.Warning(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
+    resumable = job.state in (JobState.CANCELLED, JobState.FAILED)
+    return (progress_html(job), curves(events), job.log_tail, job.state.value, gr.Timer(active=active),
             gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
 
 
@@ -192,8 +163,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         except Exception as error:
             gr.Warning(message(error)[:200])
             return gr.update(), gr.update(), f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update()
-        return jid, run_name, progress_html({"run": run_name, "state": "queued", "step": 0, "total": st}), \
-            gr.Timer(active=True)
+        return jid, run_name, progress_html(backend.workbench.job(jid)), gr.Timer(active=True)
 
     start_btn.click(on_start, [dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision,
                                lora], [job_id, run_of_job, progress, timer], api_name="start_training").then(
@@ -204,7 +174,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         if not j:
             return "No job to stop."
         try:
-            backend.service("cancel_job", j)
+            backend.workbench.cancel_job(j)
             gr.Info("Stopping: the job saves a checkpoint you can resume.")
         except Exception as error:
             gr.Warning(message(error)[:200])
@@ -214,12 +184,12 @@ def build(backend: Backend, dataset: gr.Dropdown):
 
     def on_resume(j):
         try:
-            status = backend.service("job_status", j)
-            new = backend.service("resume_training", status.get("run"))
+            run_name = backend.workbench.job(j).run
+            new = backend.workbench.resume_training(run_name)
         except Exception as error:
             gr.Warning(message(error)[:200])
             return gr.update(), gr.update()
-        gr.Info(f"Resuming run '{status.get('run')}'")
+        gr.Info(f"Resuming run '{run_name}'")
         return new, gr.Timer(active=True)
 
     resume_btn.click(on_resume, [job_id], [job_id, timer], api_name="resume_training")
@@ -227,8 +197,8 @@ def build(backend: Backend, dataset: gr.Dropdown):
     job_id.change(on_poll, [job_id, job_state], outputs, show_progress="hidden", api_name="job_view")
 
     def attach():
-        job = latest_job(backend)
-        return (job or {}).get("job_id") or ""
+        job = backend.workbench.latest_job("train")
+        return job.job_id if job is not None else ""
 
     return {"load": (attach, None, [job_id]),
             "init": (describe_variant, [image_mode, late], [variant_md])}

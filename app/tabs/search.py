@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.backend import Backend, Unavailable, describe, message
+from app.backend import Backend, describe, message
 from app.render import badge, esc, grid, note_card, notice, query_card
 from app.tabs.common import MODALITIES, compose_note, neighbours, refresh_notes, refresh_variants
 
@@ -15,7 +15,7 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
     if not dataset:
         return "", notice("No dataset yet: import one in the Data tab.", "warn"), ""
     if not variant:
-        return "", notice("No variant to search with yet (core's list_variants returned none).", "warn"), ""
+        return "", notice("Choose a variant to search with.", "warn"), ""
     if source == COMPOSE:
         query = compose_note(title, content, topics, image)
         if query is None:
@@ -26,16 +26,17 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
         if not note_id:
             gr.Warning("Pick a note to search from.")
             return "", notice("Pick a note from the dataset first.", "warn"), ""
-        query = backend.store.note(dataset, note_id)
+        query = backend.workbench.note(dataset, note_id)
     try:
         rows = neighbours(backend, dataset, variant, note_id=note_id, query=None if note_id else query, k=k,
                           modality=modality)
     except Exception as error:
-        return query_card(query), notice(message(error), "error" if not isinstance(error, Unavailable) else "warn"), ""
+        return query_card(query), notice(message(error), "error"), ""
     related = backend.related(dataset).get(note_id, set()) if note_id else set()
     cards = []
     same_category = 0
-    for note, score, rank in rows:
+    for hit in rows:
+        note, score, rank = hit.note, hit.score, hit.rank
         badges = []
         if note.note_id in related:
             badges.append(badge("related ✓", "related"))
@@ -44,8 +45,8 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
             badges.append(badge("same category", "samecat"))
         cards.append(note_card(note, rank=rank, score=score, badges=badges,
                                extra_class="is-related" if note.note_id in related else ""))
-    found = sum(1 for note, _, _ in rows if note.note_id in related)
-    scores = [s for _, s, _ in rows]
+    found = sum(1 for hit in rows if hit.note_id in related)
+    scores = [hit.score for hit in rows]
     lines = [f"**{esc(variant)}** ({esc(describe(variant, backend.variant_row(dataset, variant)))}), "
              f"modality **{dict((v, l) for l, v in MODALITIES).get(modality, modality)}**, top {len(rows)}."]
     if note_id:

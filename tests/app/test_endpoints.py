@@ -22,6 +22,7 @@ except ImportError:  # tests/ imported as a package
     from tests.app.workbench_server import launch
 
 from app.tabs.search import COMPOSE, FROM_DATASET  # noqa: E402
+from core.workbench import JobState  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGE = next((REPO / "data" / "sample" / "images").glob("*.jpg"))
@@ -203,23 +204,23 @@ def test_finetune_start_stop_resume(client, app):
                          api_name="/start_training")
     job_id = out[0]
     assert job_id and any("ui-tiny" in str(x) and "queued" in str(x) for x in out[1:]), out
-    status = app.backend.service("job_status", job_id)
+    status = app.backend.workbench.job(job_id)
     deadline = time.time() + 90
-    while time.time() < deadline and not (status["state"] == "running" and status["step"] > 0):
+    while time.time() < deadline and not (status.state is JobState.RUNNING and status.step > 0):
         time.sleep(0.5)
-        status = app.backend.service("job_status", job_id)
+        status = app.backend.workbench.job(job_id)
     view = client.predict(job_id, api_name="/job_view")
-    assert "ui-tiny" in view[0] and status["state"] in view[0]
+    assert "ui-tiny" in view[0] and status.state.value in view[0]
     client.predict(job_id, api_name="/stop_training")
     deadline = time.time() + 60
-    while time.time() < deadline and status["state"] in ("queued", "running"):
+    while time.time() < deadline and status.active:
         time.sleep(0.5)
-        status = app.backend.service("job_status", job_id)
-    assert status["state"] in ("cancelled", "finished"), status
+        status = app.backend.workbench.job(job_id)
+    assert status.state in (JobState.CANCELLED, JobState.FINISHED), status
     view = client.predict(job_id, api_name="/job_view")
-    assert status["state"] in view[0]
-    if status["state"] == "cancelled":  # a stopped run resumes from its checkpoint as a new job
+    assert status.state.value in view[0]
+    if status.state is JobState.CANCELLED:  # a stopped run resumes from its checkpoint as a new job
         new_job, = [client.predict(job_id, api_name="/resume_training")]
         new_job = new_job[0] if isinstance(new_job, (list, tuple)) else new_job
         assert new_job and new_job != job_id
-        app.backend.service("cancel_job", new_job)
+        app.backend.workbench.cancel_job(new_job)

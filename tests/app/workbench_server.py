@@ -13,7 +13,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["NOTELLM2_CHECKPOINTS"] = os.path.join(os.path.dirname(__file__), "no-shipped-checkpoints")
 
 TINY_RUNS = {"tiny-micl-late": "micl+late", "tiny-basic": "basic"}
-DONE = ("done", "finished", "completed", "succeeded")
 
 
 @dataclass
@@ -30,15 +29,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_job(backend, job_id: str, timeout: float = 300) -> dict:
+def wait_for_job(backend, job_id: str, timeout: float = 300):
+    from core.workbench import JobState
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = backend.service("job_status", job_id)
-        if status["state"] in DONE:
-            return status
-        if status["state"] in ("failed", "cancelled", "canceled"):
-            raise AssertionError(f"tiny training {job_id} {status['state']}: {status.get('message')}\n"
-                                 f"{status.get('log_tail')}")
+        job = backend.workbench.job(job_id)
+        if job.state is JobState.FINISHED:
+            return job
+        if not job.active:
+            raise AssertionError(f"tiny training {job_id} {job.state.value}: {job.message}\n{job.log_tail}")
         time.sleep(0.5)
     raise AssertionError(f"tiny training {job_id} did not finish in {timeout} s")
 
@@ -51,7 +51,7 @@ def launch(workspace, steps: int = 4) -> Launched:
     backend._startup()  # synchronously here: the tests need the sample before the first request
     assert backend.startup.state == "ready", backend.startup.message
     # Both tiny runs at once: each is a worker process, mostly start-up time.
-    jobs = [backend.service("start_training", "sample", variant, run, preset="tiny", steps=steps)
+    jobs = [backend.workbench.start_training("sample", variant, run, preset="tiny", steps=steps)
             for run, variant in TINY_RUNS.items()]
     for job in jobs:
         wait_for_job(backend, job)
