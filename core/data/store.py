@@ -2,18 +2,26 @@
 
 An import is one sqlite transaction: readers (WAL mode, so they never block on the writer) see either none
 of a dataset or all of it. Images are checked and normalised before the transaction and written under the
-sha256 of their normalised bytes, so two datasets sharing an image share one file; the files a failed import
-created are removed again. Replacing a dataset is explicit: delete it, then import.
+sha256 of their normalised bytes, so two datasets sharing an image share one file. New image files wait in a
+folder of their own (WORKSPACE/incoming/<pid>-<id>/) and move into images/ inside the import's transaction, just
+before it commits, so an import that fails, or a process killed mid-import, leaves nothing in images/; the
+first Store a process opens on a workspace removes what such a kill left: incoming folders of processes that
+are gone, and image files no dataset references. Replacing a dataset is explicit: delete it, then import.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
+import threading
+import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,15 +30,17 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
-from core.data.images import ImageLimits, ImageProblem, normalise_image, open_images, store_image
+from core.data.images import ImageLimits, ImageProblem, normalise_image, open_images
 from core.data.problems import Problem, UploadError
 from core.data.readers import FieldLimits, NotesRead, iter_notes, read_pairs
 from core.data.schema import Note
 from core.errors import WorkbenchError
-from core.workspace import Workspace
+from core.workspace import Workspace, check_dataset_name
 
 Progress = Callable[[int, int, str], None]
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+INCOMING_MAX_AGE_S = 7 * 86400  # an incoming folder this old is left over even if its pid was reused
+_tidied: set[str] = set()  # workspaces whose leftovers this process has removed already
+_tidy_lock = threading.Lock()
 
 
 @dataclass
@@ -90,6 +100,11 @@ class Store:
         self.field_limits = field_limits
         with self._db() as db:
             self._create_tables(db)
+        with _tidy_lock:
+            first = str(self.workspace.root) not in _tidied
+            _tidied.add(str(self.workspace.root))
+        if first:
+            self.remove_orphans()
 
     # ------------------------------------------------------------------------------------ connection
     @contextmanager
@@ -219,8 +234,7 @@ class Store:
         """Check everything, then import in one transaction. Without `skip_bad` any problem refuses the
         whole upload (UploadError listing them, store unchanged); with it the bad rows are left out and
         listed in the report. Problems with a whole file always refuse the upload."""
-        if not DATASET_NAME.match(name or ""):
-            raise WorkbenchError(f"bad dataset name '{name}': use letters, digits, '.', '_' or '-' (at most 100)")
+        check_dataset_name(name)
         if self.has_dataset(name):
             raise WorkbenchError(f"dataset '{name}' already exists; delete it first (python -m core delete-dataset {name})")
         notes_path = Path(notes_file)
@@ -233,7 +247,7 @@ class Store:
         progress(0, 1, "reading notes")
         notes_read = NotesRead(file=notes_path.name)
         staging = _Staging(self.workspace.root)
-        created: list[str] = []
+        incoming = _IncomingImages(self.workspace)
         image_source = None
         try:
             # The good rows go to a scratch sqlite file as they are read: memory holds the note ids, not the notes.
@@ -253,9 +267,7 @@ class Store:
                 except ImageProblem as problem:
                     note_problems.append(Problem(notes_read.file, line, f"image '{ref}': {problem}"))
                     continue
-                file, new = store_image(self.workspace.images_dir, normalised, extension)
-                if new:
-                    created.append(file)
+                file = incoming.add(normalised, extension)
                 stored.append((file, line))
             progress(with_images, max(with_images, 1), "checking images")
             staging.set_images(stored)
@@ -312,19 +324,17 @@ class Store:
             progress(0, 1, "writing")
             self._write(name, source or _describe_source(notes_path, pairs_file, images), staging, pairs,
                         len(report.skipped) + len(report.pairs_skipped),
-                        {"read": report.read, "pairs_read": report.pairs_read})
-            report.images_new = len(created)
+                        {"read": report.read, "pairs_read": report.pairs_read}, incoming)
+            report.images_new = len(incoming.moved)
             progress(1, 1, "done")
             return report
-        except BaseException:
-            self._remove_unreferenced(created)
-            raise
         finally:
             if image_source is not None:
                 image_source.close()
             staging.close()
+            incoming.discard()
 
-    def _write(self, name, source, staging: "_Staging", pairs, skipped, meta) -> None:
+    def _write(self, name, source, staging: "_Staging", pairs, skipped, meta, incoming: "_IncomingImages") -> None:
         counts = staging.summary()
         with self._db() as db:
             conn = db.conn
@@ -333,6 +343,7 @@ class Store:
             conn.execute("ATTACH DATABASE ? AS staging", [str(staging.path)])
             conn.execute("BEGIN IMMEDIATE")
             try:
+                incoming.move_in()  # under the write lock: no delete or clean-up can run until COMMIT
                 for (file,) in conn.execute("select distinct image from staging.notes where not bad and image is not null"):
                     if not (self.workspace.images_dir / file).exists():
                         raise WorkbenchError("image files vanished during the import (a dataset was deleted "
@@ -353,18 +364,88 @@ class Store:
                                  ((name, i, a, b) for i, (a, b) in enumerate(pairs)))
                 conn.execute("COMMIT")
             except BaseException:
+                incoming.move_out()  # still under the lock: nobody can have come to rely on these files
                 conn.execute("ROLLBACK")
                 raise
             finally:
                 conn.execute("DETACH DATABASE staging")
 
-    def _remove_unreferenced(self, files: list[str]) -> None:
-        if not files:
-            return
+    def remove_orphans(self) -> dict[str, int]:
+        """Remove what imports killed mid-way left behind: incoming folders whose process is gone, and image
+        files no note references. Returns counts {"incoming": folders, "images": files}."""
+        removed = {"incoming": 0, "images": 0}
+        incoming_root = self.workspace.root / INCOMING_DIR
+        if incoming_root.is_dir():
+            for folder in incoming_root.iterdir():
+                if not _incoming_owner_alive(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed["incoming"] += 1
         with self._db() as db:
-            for file in files:
-                if not db.conn.execute("select 1 from notes where image = ? limit 1", [file]).fetchone():
-                    (self.workspace.images_dir / file).unlink(missing_ok=True)
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")  # imports move files in under this lock: none is half-way now
+            try:
+                referenced = {row[0] for row in conn.execute("select distinct image from notes where image is not null")}
+                for entry in self.workspace.images_dir.iterdir():
+                    if entry.name not in referenced and (entry.is_file() or entry.is_symlink()):
+                        entry.unlink(missing_ok=True)
+                        removed["images"] += 1
+            finally:
+                conn.execute("COMMIT")
+        return removed
+
+
+INCOMING_DIR = "incoming"
+
+
+def _incoming_owner_alive(folder: Path) -> bool:
+    try:
+        pid = int(folder.name.split("-", 1)[0])
+        if time.time() - folder.stat().st_mtime > INCOMING_MAX_AGE_S:
+            return False
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+class _IncomingImages:
+    """The new image files of one import, kept out of images/ until the import's transaction moves them in."""
+
+    def __init__(self, workspace: Workspace):
+        self.images_dir = workspace.images_dir
+        self.folder = workspace.root / INCOMING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.files: set[str] = set()
+        self.moved: list[str] = []
+
+    def add(self, data: bytes, extension: str) -> str:
+        """The content-addressed file name of normalised image bytes; written to the incoming folder unless
+        images/ or this import has it already."""
+        name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
+        if name not in self.files and not (self.images_dir / name).exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / name).write_bytes(data)
+            self.files.add(name)
+        return name
+
+    def move_in(self) -> None:
+        for name in sorted(self.files):
+            target = self.images_dir / name
+            if target.exists():  # the same picture arrived with another import meanwhile
+                continue
+            os.replace(self.folder / name, target)
+            self.moved.append(name)
+
+    def move_out(self) -> None:
+        for name in self.moved:
+            (self.images_dir / name).unlink(missing_ok=True)
+        self.moved = []
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class _Staging:
