@@ -6,7 +6,7 @@ import pandas as pd
 
 from app.backend import Backend, describe, message
 from app.render import badge, esc, note_card, notice, query_card
-from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
+from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.compare import compare_neighbor_lists
 from core.workbench import MODALITIES as MODALITY_NAMES
 
@@ -144,6 +144,7 @@ def format_recall(backend: Backend, dataset, frame: pd.DataFrame, subset: str = 
 def build(backend: Backend, dataset: gr.Dropdown):
     with gr.Row():
         note = gr.Dropdown(label="Query note", choices=[], allow_custom_value=True, scale=3, elem_id="compare-note")
+        wire_note_search(backend, dataset, note)
         names = gr.Dropdown(label="Variants (2-4; the first is the reference)", choices=[], allow_custom_value=True, multiselect=True,
                             max_choices=MAX_VARIANTS, scale=4, elem_id="compare-variants")
         modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)

@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
 from app.render import badge, esc, grid, note_card, notice
-from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants
+from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.projection import aligned_projections, project
 
 COLOURS = ["#4f6bed", "#e4572e", "#17a398", "#f3a712", "#8e6c8a", "#29335c", "#c2185b", "#7cb518", "#0081a7",
@@ -173,6 +173,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
                          elem_classes=["wb-small"])
     plot = gr.Plot(show_label=False, elem_id="explore-map")
     note = gr.Dropdown(label="Selected note", choices=[], allow_custom_value=True, elem_id="explore-note")
+    wire_note_search(backend, dataset, note)
     clicked = gr.Textbox(elem_id="explore-click", elem_classes=["wb-hidden"], show_label=False, container=False)
     near = gr.HTML(elem_id="explore-neighbours")
 

@@ -5,7 +5,7 @@ import gradio as gr
 
 from app.backend import Backend, describe, message
 from app.render import badge, esc, grid, note_card, notice, query_card
-from app.tabs.common import MODALITIES, compose_note, neighbours, refresh_notes, refresh_variants
+from app.tabs.common import MODALITIES, compose_note, neighbours, refresh_notes, refresh_variants, wire_note_search
 
 FROM_DATASET, COMPOSE = "A note from the dataset", "Compose a note"
 
@@ -67,6 +67,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         with gr.Column(scale=1, min_width=320):
             source = gr.Radio([FROM_DATASET, COMPOSE], value=FROM_DATASET, label="Query", elem_id="search-source")
             note = gr.Dropdown(label="Note (type to filter by title)", choices=[], allow_custom_value=True, elem_id="search-note")
+            wire_note_search(backend, dataset, note)
             with gr.Group(visible=False) as compose_box:
                 title = gr.Textbox(label="Title", elem_id="compose-title")
                 content = gr.Textbox(label="Text", lines=3)

@@ -38,6 +38,7 @@ from core.errors import WorkbenchError
 from core.workspace import Workspace, check_dataset_name
 
 Progress = Callable[[int, int, str], None]
+NOTE_SEARCH_LIMIT = 50
 INCOMING_MAX_AGE_S = 7 * 86400  # an incoming folder this old is left over even if its pid was reused
 _tidied: set[str] = set()  # workspaces whose leftovers this process has removed already
 _tidy_lock = threading.Lock()
@@ -131,6 +132,12 @@ class Store:
                            pk=("dataset", "position"), if_not_exists=True)
         db["notes"].create_index(["dataset", "position"], if_not_exists=True)
         db["notes"].create_index(["image"], if_not_exists=True)
+        # Words of the titles, for the note picker: a full-text index over the notes table's own rows (external
+        # content, so titles are not stored twice). A workspace made before it existed is indexed once here.
+        if not db.conn.execute("select 1 from sqlite_master where name = 'notes_fts'").fetchone():
+            db.conn.execute("create virtual table if not exists notes_fts using fts5(title, content='notes',"
+                            " content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')")
+            db.conn.execute("insert into notes_fts(notes_fts) values ('rebuild')")
 
     # ---------------------------------------------------------------------------------------- reading
     def list_datasets(self) -> list[DatasetInfo]:
@@ -192,6 +199,38 @@ class Store:
             raise WorkbenchError(f"dataset '{name}' has no note '{note_id}'")
         return self._note(rows[0])
 
+    def search_notes(self, name: str, query: str = "", limit: int = NOTE_SEARCH_LIMIT) -> list[Note]:
+        """At most `limit` notes for a picker, without reading the dataset: the first notes in upload order for
+        an empty query; else the note whose id is the query, then ids starting with it, then notes whose title
+        has words starting with each word of the query (any case or accent). Every branch is an index lookup
+        (primary key, position, full-text), so a million-note dataset answers as fast as a small one."""
+        query = (query or "").strip()[:200]
+        limit = max(1, min(int(limit), 1000))
+        with self._db() as db:
+            self._require(db, name)
+            conn = db.conn
+            conn.row_factory = sqlite3.Row
+            if not query:
+                rows = conn.execute("select * from notes where dataset = ? order by position limit ?",
+                                    [name, limit]).fetchall()
+                return [self._note(dict(row)) for row in rows]
+            found: dict[str, dict] = {}
+            # Two lookups rather than one ORDER BY: sorting the exact id first would sort every prefix match.
+            for row in [*conn.execute("select * from notes where dataset = ? and note_id = ?", [name, query]),
+                        *conn.execute("select * from notes where dataset = ? and note_id >= ? and note_id < ?"
+                                      " order by note_id limit ?", [name, query, query + "\U0010ffff", limit])]:
+                found.setdefault(row["note_id"], dict(row))
+            words = re.findall(r"\w+", query)
+            if words and len(found) < limit:
+                match = " ".join(f'"{word}"*' for word in words)
+                # CROSS JOIN keeps the full-text match as the outer loop (sqlite's planner otherwise may walk the
+                # dataset's rows and test each against the match: seconds to minutes at a million).
+                for row in conn.execute("select notes.* from notes_fts cross join notes on notes.rowid = notes_fts.rowid"
+                                        " where notes_fts match ? and notes.dataset = ? limit ?",
+                                        [match, name, limit]):
+                    found.setdefault(row["note_id"], dict(row))
+        return [self._note(row) for row in list(found.values())[:limit]]
+
     def pairs(self, name: str) -> list[tuple[str, str]]:
         with self._db() as db:
             self._require(db, name)
@@ -217,6 +256,8 @@ class Store:
                     raise self._unknown(name)
                 images = {r[0] for r in conn.execute("select distinct image from notes where dataset = ? and image is not null", [name])}
                 conn.execute("delete from pairs where dataset = ?", [name])
+                conn.execute("insert into notes_fts(notes_fts, rowid, title) select 'delete', rowid, title from notes"
+                             " where dataset = ?", [name])
                 conn.execute("delete from notes where dataset = ?", [name])
                 conn.execute("delete from datasets where name = ?", [name])
                 # Unlink while holding the write lock: an import re-checks its files inside its own transaction.
@@ -360,6 +401,7 @@ class Store:
                     "insert into notes (dataset, note_id, position, title, content, topics, image, category)"
                     " select ?, note_id, row_number() over (order by line) - 1, title, content, topics, image, category"
                     " from staging.notes where not bad order by line", [name])
+                conn.execute("insert into notes_fts(rowid, title) select rowid, title from notes where dataset = ?", [name])
                 conn.executemany("insert into pairs (dataset, position, note_id_1, note_id_2) values (?, ?, ?, ?)",
                                  ((name, i, a, b) for i, (a, b) in enumerate(pairs)))
                 conn.execute("COMMIT")
