@@ -10,16 +10,32 @@ from core.workbench import Hit
 MODALITIES = [("Image + text", "both"), ("Text only (zero image)", "text"), ("Image only (empty text)", "image")]
 
 
-def note_choices(backend: Backend, dataset) -> list[tuple[str, str]]:
+def note_choices(backend: Backend, dataset, query: str = "", current=None) -> list[tuple[str, str]]:
+    """A page of notes for a picker, found by the store (id or title words) rather than every title loaded:
+    a million-note dataset answers as fast as the sample. The current note stays listed so it keeps its label."""
     if not dataset:
         return []
-    return [note_choice(n) for n in backend.store.notes(dataset)]
+    notes = backend.store.search_notes(dataset, query or "")
+    if current and current not in {n.note_id for n in notes}:
+        notes = [n for n in backend.store.search_notes(dataset, str(current), 1) if n.note_id == current] + notes
+    return [note_choice(n) for n in notes]
+
+
+def wire_note_search(backend: Backend, dataset, note) -> None:
+    """Typing in a note dropdown asks the store for matching notes (ids, then title words)."""
+    def on_key(ds, current, typed: gr.KeyUpData):
+        try:
+            return gr.update(choices=note_choices(backend, ds, typed.input_value, current))
+        except Exception:
+            return gr.update()
+
+    note.key_up(on_key, [dataset, note], note, api_name=False, show_progress="hidden", trigger_mode="always_last")
 
 
 def refresh_notes(backend: Backend, dataset, current, first_by_default: bool = True):
     """The note dropdown for a dataset: the current note when it is still there, else the first (or none)."""
     try:
-        choices = note_choices(backend, dataset)
+        choices = note_choices(backend, dataset, current=current)
     except Exception:
         choices = []
     ids = [v for _, v in choices]
