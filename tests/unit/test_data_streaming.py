@@ -75,3 +75,23 @@ def test_a_file_of_only_a_byte_order_mark_is_empty(tmp_path):
     notes.write_bytes(b"\xef\xbb\xbf \n")
     with pytest.raises(UploadError, match="empty"):
         Store(tmp_path / "ws").import_dataset("d", notes)
+
+
+def test_note_search_pages_by_id_and_title_words(tmp_path):
+    rows = [[f"n{i}", title, "c"] for i, title in enumerate(
+        ["Red Bird", "blue bird on a branch", "Crème brûlée", "n1 lookalike", "Birdhouse plan"])]
+    notes = write_csv(tmp_path / "n.csv", ["note_id", "title", "content"], rows)
+    store = Store(tmp_path / "ws")
+    store.import_dataset("d", notes)
+    store.import_dataset("other", notes)
+    ids = lambda query, limit=50: [n.note_id for n in store.search_notes("d", query, limit)]  # noqa: E731
+    assert ids("") == ["n0", "n1", "n2", "n3", "n4"] and ids("", 2) == ["n0", "n1"]
+    assert ids("n1") == ["n1", "n3"]  # the id, then titles with a word starting "n1"
+    assert ids("bird") == ["n0", "n1", "n4"]  # word prefixes, any case
+    assert ids("creme") == ["n2"]  # accents folded
+    assert ids("blue bird") == ["n1"] and ids("zebra") == [] and ids('"bird*') == ["n0", "n1", "n4"]
+    store.delete_dataset("other")
+    assert ids("bird") == ["n0", "n1", "n4"]
+    store.delete_dataset("d")
+    with store._db() as db:  # the full-text index forgets deleted notes
+        assert db.conn.execute("select count(*) from notes_fts where notes_fts match 'bird'").fetchone()[0] == 0
