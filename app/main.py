@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.backend import SHIPPED_CHECKPOINTS, Backend
+from app.render import md
 from app.tabs import attention, compare, data, explore, finetune, search
 from core.workspace import REPO_ROOT
 
@@ -67,18 +68,18 @@ def banner(backend: Backend, dataset) -> str:
     if s.state in ("pending", "running"):
         parts.append(f"⏳ Starting up: {s.message}")
     elif s.state == "failed":
-        parts.append(f"⚠️ Start-up problem: {s.message}")
+        parts.append(f"⚠️ Start-up problem: {md(s.message)}")
     variants = backend.variants(dataset) if dataset else []
     runs = [v for v in variants if not v.zero_shot]
     zero = [v for v in variants if v.zero_shot]
     if not runs:
         shipped = "no demo checkpoints are shipped yet" if not backend.demo_checkpoints() else \
             "the shipped demo checkpoints are not installed in this workspace"
-        parts.append(f"ℹ️ No trained variant for **{dataset}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "
+        parts.append(f"ℹ️ No trained variant for **{md(dataset)}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "
                      f"The {len(zero)} zero-shot baselines work now; train a variant in **Fine-tune** "
                      "(preset *tiny*: seconds, *cpu*: minutes).")
     else:
-        parts.append(f"{len(runs)} trained variant(s) and {len(zero)} zero-shot baselines on **{dataset}**.")
+        parts.append(f"{len(runs)} trained variant(s) and {len(zero)} zero-shot baselines on **{md(dataset)}**.")
     return " · ".join(parts)
 
 

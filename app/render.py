@@ -1,9 +1,14 @@
-"""HTML and small formatting helpers shared by the tabs (no state, no core calls)."""
+"""HTML and small formatting helpers shared by the tabs (no state, no core calls).
+
+Every text a user could have written (names, titles, file contents quoted in an error message, another
+user's job message) reaches the page through one of these: `esc` for HTML outputs, `md` for Markdown
+outputs, and the toast helpers, because Gradio renders toast messages as HTML."""
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
 from functools import lru_cache
 
 from PIL import Image
@@ -43,6 +48,36 @@ def thumb(image, size: int = THUMB) -> str | None:
 
 def esc(text) -> str:
     return html.escape(str(text if text is not None else ""))
+
+
+# What makes Markdown markup (emphasis, code, links, images, tables, headings), plus ':', '.' and '@' so that
+# "http://x", "www.x" or "a@b.x" is never turned into a link. ('-' and '+' only make lists: left as they are.)
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~:.@])")
+
+
+def md(text) -> str:
+    """User text for a Markdown output: shown literally (no link, image, emphasis or HTML element)."""
+    text = str(text if text is not None else "")
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", text), quote=False)
+
+
+def info_toast(text, **kwargs) -> None:
+    import gradio as gr
+
+    gr.Info(esc(text), **kwargs)
+
+
+def warning_toast(text, **kwargs) -> None:
+    import gradio as gr
+
+    gr.Warning(esc(text), **kwargs)
+
+
+def error_toast(text, **kwargs):
+    """A gr.Error to raise, its message escaped."""
+    import gradio as gr
+
+    return gr.Error(esc(text), **kwargs)
 
 
 def badge(text: str, kind: str = "") -> str:

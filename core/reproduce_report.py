@@ -1,13 +1,40 @@
 """RESULTS.md and its plots from the reproduction's numbers. The claims are stated in advance and judged by
-the numbers, whichever way they come out; differences smaller than the spread across seeds are called so."""
+paired tests over the same queries (core.stats), whichever way they come out:
+
+- every comparison is made on all queries and on each short/long split separately; per-query Recall@10 hits
+  of a variant with several seeds are averaged over its seeds before pairing;
+- the p-value is an exact McNemar test (one seed on each side) or a sign-flip permutation test (seed
+  averages), Holm-adjusted over every comparison of the condition, and the report says how many there were;
+- a difference is called one only when its adjusted p is below 0.05; otherwise "no difference shown".
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 from pathlib import Path
 
 MAIN_METRIC = "recall@10"
+MAIN_K = 10
+ALPHA = 0.05
+SPLITS = ("all", "short_query", "long_query", "short_target", "long_target")
+SPLIT_NAMES = {"all": "all", "short_query": "short query", "long_query": "long query",
+               "short_target": "short target", "long_target": "long target"}
+TRAINED = ("text", "basic", "micl", "late", "basic+late", "micl+late")
+HEADROOM = "text+zs-image"
+IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "zs_image_r10", "connector_variation", "visual_loss",
+                   "chance_loss")
+
+# (claim, a, b, what a - b measures); a and b are (variant, modality).
+COMPARISONS = (
+    ("1", ("basic", "both"), ("basic", "text"), "`basic` with the image vs without it"),
+    ("1", ("basic", "both"), ("basic", "image"), "`basic` with the text vs without it"),
+    *(("2", (v, "both"), ("basic", "both"), f"`{v}` vs `basic`") for v in ("micl", "late", "basic+late", "micl+late")),
+    *(("3", ("micl+late", "both"), (v, "both"), f"`micl+late` vs `{v}`") for v in ("text", "micl", "late", "basic+late")),
+    ("4", ("micl+late", "both"), ("zs-concat", "both"), "`micl+late` vs `zs-concat`"),
+    ("4", ("micl+late", "both"), (HEADROOM, "both"), f"`micl+late` vs `{HEADROOM}` (tuned)"),
+)
 
 
 def _cell(ablation, variant, split="all", modality="both", metric=MAIN_METRIC):
@@ -18,70 +45,174 @@ def _cell(ablation, variant, split="all", modality="both", metric=MAIN_METRIC):
     return entry["mean"], entry["std"]
 
 
-def _half_interval(ablation, variant) -> float:
-    low, _ = _cell(ablation, variant, metric="recall@10_ci_low")
-    high, _ = _cell(ablation, variant, metric="recall@10_ci_high")
-    return (high - low) / 2 if None not in (low, high) else 0.0
-
-
 def _fmt(mean, std=None):
-    if mean is None:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     text = f"{100 * mean:.1f}"
     return text + (f" ± {100 * std:.1f}" if std else "")
 
 
-def _claims(ablation) -> list[str]:
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+# ------------------------------------------------------------------------------------------ paired tests
+def seed_hits(per_query: dict, variant: str, modality: str, split: str = "all", k: int = MAIN_K,
+              metric: str = "rank") -> list[dict[str, float]] | None:
+    """One {query id: 0/1} per seed of a variant, restricted to a split's queries; None when not evaluated."""
+    try:
+        by_seed = per_query["results"][variant][modality]
+        members = per_query["queries"][split]
+    except KeyError:
+        return None
+    out = []
+    for entry in by_seed.values():
+        ranks = entry.get(metric)
+        if ranks is None:
+            return None
+        out.append({q: float(ranks[q] is not None and ranks[q] < k) for q in members if q in ranks})
+    return out or None
+
+
+def paired_comparisons(per_query: dict, comparisons=COMPARISONS, splits=SPLITS, k: int = MAIN_K) -> list[dict]:
+    """Every comparison whose two sides were evaluated, on every split with queries: rows with the paired
+    difference of Recall@k (a - b), its 95% bootstrap interval, the raw and Holm-adjusted p and a verdict."""
+    from core.stats import compare_paired, holm
+
+    rows = []
+    for claim, a, b, label in comparisons:
+        for split in splits:
+            hits_a, hits_b = seed_hits(per_query, *a, split, k), seed_hits(per_query, *b, split, k)
+            if not hits_a or not hits_b or not hits_a[0]:
+                continue
+            result = compare_paired(hits_a, hits_b)
+            rows.append({"claim": claim, "a": a, "b": b, "label": label, "split": split, **result.as_dict()})
+    for row, adjusted in zip(rows, holm([row["p_value"] for row in rows]) if rows else []):
+        row["p_holm"] = adjusted
+        row["verdict"] = ("no difference shown" if adjusted >= ALPHA
+                          else "higher" if row["difference"] > 0 else "lower")
+    return rows
+
+
+def _find(rows, a, b, split="all"):
+    return next((row for row in rows if row["a"] == a and row["b"] == b and row["split"] == split), None)
+
+
+def _said(row) -> str:
+    return (f"{100 * row['difference']:+.1f} points (95% CI {100 * row['ci_low']:+.1f} to {100 * row['ci_high']:+.1f}, "
+            f"p {_p(row['p_value'])}, Holm p {_p(row['p_holm'])}, {row['queries']} queries)")
+
+
+def _by_split(rows, a, b) -> str:
+    parts = []
+    for split in SPLITS[1:]:
+        row = _find(rows, a, b, split)
+        if row:
+            parts.append(f"{SPLIT_NAMES[split]} {100 * row['difference']:+.1f} ({row['verdict']}, Holm p "
+                         f"{_p(row['p_holm'])})")
+    return ("; by split: " + ", ".join(parts)) if parts else ""
+
+
+def _claims(ablation: dict, per_query: dict, image_path: dict | None = None) -> tuple[list[str], list[dict]]:
+    rows = paired_comparisons(per_query)
     lines = []
-    both, _ = _cell(ablation, "basic")
-    text_only, _ = _cell(ablation, "basic", modality="text")
-    image_only, _ = _cell(ablation, "basic", modality="image")
-    if None not in (both, text_only, image_only):
-        neglect = (both - text_only) < 0.5 * (both - image_only)
-        lines.append(f"1. **`basic` neglects the image**: full {_fmt(both)}, text only {_fmt(text_only)}, image only "
-                     f"{_fmt(image_only)} (Recall@10). "
-                     + ("Holds: removing the image costs far less than removing the text."
-                        if neglect else "Does not hold here: the image carries weight in `basic`."))
-    basic, basic_std = _cell(ablation, "basic")
-    for variant in ("micl", "basic+late", "late", "micl+late"):
-        mean, std = _cell(ablation, variant)
-        if mean is None or basic is None:
-            continue
-        # The larger of the seed spread and half the bootstrap 95% interval over queries: with one seed and a
-        # small test split, the interval is what separates a difference from noise.
-        spread = max(basic_std or 0, std or 0, _half_interval(ablation, "basic"), _half_interval(ablation, variant))
-        verdict = ("better than" if mean - basic > spread else "worse than" if basic - mean > spread
-                   else "not distinguishable from")
-        lines.append(f"2. `{variant}` vs `basic`: {_fmt(mean, std)} vs {_fmt(basic, basic_std)}: {verdict} `basic` "
-                     f"(margin used: ±{100 * spread:.1f}).")
-    trained = {v: _cell(ablation, v)[0] for v in ("text", "basic", "micl", "late", "basic+late", "micl+late")}
-    trained = {v: m for v, m in trained.items() if m is not None}
-    if trained:
-        top = max(trained.values())
-        best = [v for v, m in trained.items() if m == top]
-        verdict = "`micl+late` is not the best here."
-        if "micl+late" in best:
-            others = {v: m for v, m in trained.items() if v != "micl+late"}
-            runner_up = max(others, key=others.get) if others else None
-            if runner_up is None:
-                verdict = "`micl+late` is best, as the paper claims."
-            else:
-                margin = max(_cell(ablation, "micl+late")[1] or 0, _cell(ablation, runner_up)[1] or 0,
-                             _half_interval(ablation, "micl+late"), _half_interval(ablation, runner_up))
-                lead = top - others[runner_up]
-                verdict = (f"`micl+late` is best, as the paper claims, by {100 * lead:.1f} points over `{runner_up}` "
-                           + ("(more than the margin" if lead > margin else "(within the margin")
-                           + f" ±{100 * margin:.1f}" + (")." if lead > margin else ", so not shown to be better)."))
-        lines.append(f"3. Best trained variant on Recall@10 (all pairs, both modalities): "
-                     f"{', '.join(f'`{v}`' for v in best)} ({_fmt(top)}); " + verdict)
-    nl2, nl2_std = _cell(ablation, "micl+late")
-    concat, _ = _cell(ablation, "zs-concat")
-    if None not in (nl2, concat):
-        margin = max(nl2_std or 0, _half_interval(ablation, "micl+late"), _half_interval(ablation, "zs-concat"))
-        lines.append(f"4. `micl+late` {_fmt(nl2, nl2_std)} vs the zero-shot `zs-concat` {_fmt(concat)}: "
-                     f"{'+' if nl2 >= concat else ''}{100 * (nl2 - concat):.1f} points "
-                     + ("(beyond" if abs(nl2 - concat) > margin else "(within") + f" the margin ±{100 * margin:.1f}).")
+    removed_image = _find(rows, ("basic", "both"), ("basic", "text"))
+    removed_text = _find(rows, ("basic", "both"), ("basic", "image"))
+    if removed_image and removed_text:
+        image_shown = removed_image["verdict"] == "higher"
+        text_shown = removed_text["verdict"] == "higher"
+        if image_shown:
+            verdict = "Does not hold here: the image's contribution to `basic` is shown."
+        elif text_shown:
+            verdict = "Holds: the image's contribution is not shown while the text's is."
+        else:
+            verdict = "Undecided: neither modality's contribution is shown on these queries."
+        text = (f"1. **`basic` neglects the image** (retrieval): removing the image changes Recall@10 by "
+                f"{100 * -removed_image['difference'] + 0.0:+.1f} points (Holm p {_p(removed_image['p_holm'])}), removing "
+                f"the text by {100 * -removed_text['difference'] + 0.0:+.1f} (Holm p {_p(removed_text['p_holm'])}). "
+                + verdict)
+        health = (image_path or {}).get("basic")
+        if health and health.get("connector_probe_r10") is not None and health.get("zs_image_r10"):
+            share = health["connector_probe_r10"] / health["zs_image_r10"]
+            text += (f" Image path: the connector probe reaches {_fmt(health['connector_probe_r10'])} Recall@10 on "
+                     f"image-only queries against {_fmt(health['zs_image_r10'])} for `zs-image` ({share:.2f}x): "
+                     + ("the picture reaches the LLM, so an unused image is neglect."
+                        if share >= 0.5 else "the picture hardly reaches the LLM, so this is a weak image path, "
+                        "not (only) neglect."))
+        else:
+            text += (" Image-path health was not measured, so this cannot tell neglect from an image path that "
+                     "never carried the picture.")
+        lines.append(text)
+    for variant in ("micl", "late", "basic+late", "micl+late"):
+        row = _find(rows, (variant, "both"), ("basic", "both"))
+        if row:
+            verdict = {"higher": "better than", "lower": "worse than",
+                       "no difference shown": "not shown to differ from"}[row["verdict"]]
+            lines.append(f"2. `{variant}` vs `basic`: {verdict} `basic`, {_said(row)}"
+                         + _by_split(rows, (variant, "both"), ("basic", "both")) + ".")
+    best_rows = [row for row in rows if row["a"] == ("micl+late", "both") and row["split"] == "all"
+                 and row["b"][0] in TRAINED]
+    if best_rows:
+        beaten = [row["b"][0] for row in best_rows if row["verdict"] == "higher"]
+        losing = [row["b"][0] for row in best_rows if row["verdict"] == "lower"]
+        tied = [row["b"][0] for row in best_rows if row["verdict"] == "no difference shown"]
+        if len(beaten) == len(best_rows):
+            verdict = "Holds: `micl+late` beats every other trained variant here."
+        else:
+            verdict = "Not shown: " + "; ".join(
+                part for part in (f"worse than {', '.join(f'`{v}`' for v in losing)}" if losing else "",
+                                  f"no difference shown from {', '.join(f'`{v}`' for v in tied)}" if tied else "")
+                if part) + "."
+        details = ", ".join(f"vs `{row['b'][0]}` {100 * row['difference']:+.1f} (Holm p {_p(row['p_holm'])})"
+                            for row in best_rows)
+        lines.append(f"3. **`micl+late` is the best trained variant** (all queries): {verdict} ({details}).")
+    for other, what in (("zs-concat", "the zero-shot concatenation"),
+                        (HEADROOM, "the tuned fusion of the trained `text` vectors with `zs-image` (headroom)")):
+        row = _find(rows, ("micl+late", "both"), (other, "both"))
+        if row:
+            verdict = {"higher": "better than", "lower": "worse than",
+                       "no difference shown": "not shown to differ from"}[row["verdict"]]
+            lines.append(f"4. `micl+late` vs {what} `{other}`: {verdict} it, {_said(row)}"
+                         + _by_split(rows, ("micl+late", "both"), (other, "both")) + ".")
+    if rows:
+        splits = len({row["split"] for row in rows})
+        lines.append("")
+        lines.append(f"{len(rows)} paired comparisons were made ({len(rows) // max(splits, 1) if splits else 0} "
+                     f"variant pairs on up to {splits} query sets: all queries and the short/long splits); every p "
+                     "is Holm-adjusted over all of them. Recall@10 hits are per query; a variant with several seeds "
+                     "contributes each query's hit averaged over its seeds. p: exact McNemar (one seed each side) "
+                     "or sign-flip permutation (seed averages); intervals: paired bootstrap over queries.")
+    return lines, rows
+
+
+def _comparison_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["| claim | comparison (a − b) | queries | split | Δ Recall@10 | 95% CI | p | Holm p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        a, b = row["a"], row["b"]
+        label = f"`{a[0]}` {a[1]} − `{b[0]}` {b[1]}"
+        lines.append(f"| {row['claim']} | {label} | {row['queries']} | {SPLIT_NAMES[row['split']]} | "
+                     f"{100 * row['difference']:+.1f} | {100 * row['ci_low']:+.1f} to {100 * row['ci_high']:+.1f} | "
+                     f"{_p(row['p_value'])} | {_p(row['p_holm'])} | {row['verdict']} |")
     return lines
+
+
+def _pool_line(ablation: dict) -> str:
+    for variant in ablation:
+        pool, _ = _cell(ablation, variant, metric="pool")
+        if pool:
+            distractors, _ = _cell(ablation, variant, metric="distractors")
+            queries, _ = _cell(ablation, variant, metric="queries")
+            chance, _ = _cell(ablation, variant, metric="chance_recall@10")
+            category, _ = _cell(ablation, variant, metric="chance_category_hit@10")
+            return (f"Candidate pool: {int(pool)} held-out notes ({int(distractors or 0)} of them nobody's target) for "
+                    f"{int(queries or 0)} queries. Chance: Recall@10 {_fmt(chance)}, Recall@50 "
+                    f"{_fmt(_cell(ablation, variant, metric='chance_recall@50')[0])}, Recall@100 "
+                    f"{_fmt(_cell(ablation, variant, metric='chance_recall@100')[0])}"
+                    + (f", category hit@10 {_fmt(category)}" if category is not None else "") + ".")
+    return "Candidate pool: not recorded."
 
 
 def _plots(plan, ablation, saliency) -> list[str]:
@@ -98,6 +229,10 @@ def _plots(plan, ablation, saliency) -> list[str]:
         means = [(_cell(ablation, name, modality=modality)[0] or 0) * 100 for name in names]
         stds = [(_cell(ablation, name, modality=modality)[1] or 0) * 100 for name in names]
         axis.bar([i + (offset - 1) * width for i in range(len(names))], means, width, yerr=stds, label=modality)
+    chance = next((_cell(ablation, n, metric="chance_recall@10")[0] for n in names
+                   if _cell(ablation, n, metric="chance_recall@10")[0] is not None), None)
+    if chance is not None:
+        axis.axhline(100 * chance, color="grey", linestyle=":", label="chance")
     axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
     axis.set_ylabel("Recall@10 (%)")
     axis.set_title(f"{plan.dataset}: Recall@10 by variant and evaluated modality")
@@ -108,14 +243,18 @@ def _plots(plan, ablation, saliency) -> list[str]:
     plt.close(figure)
     written.append(path.name)
     if saliency:
-        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        panels = (("S_v", "S_v / S_t: image span (mICL: through the slot)"),
+                  ("S_visual", "S_visual / S_t: visual tokens alone"),
+                  ("S_slot", "S_slot / S_t: mICL instruction + slot"))
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for variant, rows in saliency.items():
             layers = [row["layer"] for row in rows]
-            axes[0].plot(layers, [row["S_v"] for row in rows], marker="o", label=variant)
-            axes[1].plot(layers, [row["S_v"] / max(row["S_t"], 1e-12) for row in rows], marker="o", label=variant)
-        axes[0].set_title("S_v: final token -> image tokens")
-        axes[1].set_title("S_v / S_t")
-        for axis in axes:
+            for axis, (key, _) in zip(axes, panels):
+                values = [(row.get(key) if row.get(key) is not None else float("nan")) / max(row["S_t"], 1e-12)
+                          for row in rows]
+                axis.plot(layers, values, marker="o", label=variant)
+        for axis, (_, title) in zip(axes, panels):
+            axis.set_title(title, fontsize=9)
             axis.set_xlabel("layer")
             axis.legend()
         figure.tight_layout()
@@ -167,52 +306,147 @@ def _passes_text(passes: list[dict]) -> str:
             + ". The wall time of the whole table is that of the pass that trained the runs.")
 
 
-def write_report(plan, ablation: dict, saliency: dict | None, passes: list[dict],
-                 runs: list[dict] | None = None) -> None:
-    plots = _plots(plan, ablation, saliency)
-    lines = [
-        f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
-        "",
-        f"Dataset `{plan.dataset}`; preset `{plan.preset}`, {plan.steps} steps of {plan.batch_pairs} pairs for every "
-        f"variant; seeds {list(plan.main_seeds)} for `basic` and `micl+late`, {list(plan.other_seeds)} for the rest. "
-        "Figures are Recall@k in percent (mean ± std over seeds).",
-        "",
-        _passes_text(passes),
-        "",
-        f"Rerun: `python -m core reproduce --dataset {shlex.quote(plan.dataset)} --steps {plan.steps} "
-        f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}`"
-        + (" after building the dataset once with `python -m core build-openclipart --import-as openclipart` "
-           "(apt packages openclipart-png and openclipart-svg)." if plan.dataset == "openclipart" else "."),
-        "",
-        f"Measured on: {machine_line()}.",
-        "",
-        "## Claims",
-        "",
-        *_claims(ablation),
-        "",
-        "## Recall@10 / @50 / @100, all test pairs",
-        "",
-        "| variant | both | text only | image only | R@50 both | R@100 both |",
-        "|---|---|---|---|---|---|",
-    ]
+def _mean(rows, key):
+    values = [row[key] for row in rows if row.get(key) is not None and not math.isnan(row[key])]
+    return sum(values) / len(values) if values else None
+
+
+def _g(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _saliency_lines(saliency: dict | None) -> list[str]:
+    if not saliency:
+        return []
+    lines = ["", "## Saliency per layer (NOTELLM2.md, 'Visual neglect')", "",
+             "Mean over layers of the saliency from the final token: S_v to the image span (under mICL it runs "
+             "through the slot and its instruction), S_visual to the visual tokens alone, S_slot to the mICL "
+             "instruction and slot, S_t to the other tokens; S_o over all other pairs.", "",
+             "| variant | S_v | S_visual | S_slot | S_t | S_o | S_v / S_t | S_visual / S_t | batches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant, rows in saliency.items():
+        s_v, s_visual, s_slot, s_t, s_o = (_mean(rows, key) for key in ("S_v", "S_visual", "S_slot", "S_t", "S_o"))
+        ratio = lambda x: f"{x / s_t:.3f}" if x is not None and s_t else "–"  # noqa: E731
+        batches = rows[0].get("n_batches", "–") if rows else "–"
+        lines.append(f"| `{variant}` | {_g(s_v)} | {_g(s_visual)} | {_g(s_slot)} | {_g(s_t)} | {_g(s_o)} | "
+                     f"{ratio(s_v)} | {ratio(s_visual)} | {batches} |")
+    return lines
+
+
+def _image_path_lines(image_path: dict | None) -> list[str]:
+    lines = ["", "## Image-path health", ""]
+    if not image_path:
+        return lines + ["Not measured in this pass (the workbench has no `core.analysis.image_path` yet): "
+                        "image-only recall near chance cannot be told apart from a connector that never carried the "
+                        "picture."]
+    lines += ["| variant | " + " | ".join(IMAGE_PATH_KEYS) + " |", "|---" * (len(IMAGE_PATH_KEYS) + 1) + "|"]
+    for variant, figures in image_path.items():
+        cells = []
+        for key in IMAGE_PATH_KEYS:
+            value = (figures or {}).get(key)
+            cells.append("–" if value is None else (_fmt(value) if key.endswith("_r10") else f"{value:.3g}"))
+        lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    return lines + ["", "Recall figures in percent, on image-only queries; losses in nats (chance = ln(2B − 1))."]
+
+
+def _headroom_lines(headroom: dict | None) -> list[str]:
+    if not headroom:
+        return []
+    return ["", "## Headroom: a tuned fusion of frozen-in-place parts", "",
+            f"`{HEADROOM}` scores w · (trained `text` run `{headroom['run']}`) + (1 − w) · (`zs-image`), w on a "
+            f"grid of {len(headroom['grid'])} values from 0 to 1. w is tuned on held-out queries by 2-fold "
+            f"cross-fitting ({' and '.join(str(n) for n in headroom['folds'])} queries; each half is scored with "
+            f"the w that maximises Recall@10 on the other): chosen w = "
+            f"{', '.join(str(w) for w in headroom['weights_by_fold'])}. The parts alone: text "
+            f"{_fmt(headroom.get('text_part_r10'))}, image {_fmt(headroom.get('image_part_r10'))} Recall@10. "
+            "What it gains over its parts is what any fusion could gain on this data."]
+
+
+def _condition_lines(condition: dict, heading: str) -> tuple[list[str], list[dict]]:
+    ablation = condition["ablation"]
+    claims, rows = _claims(ablation, condition.get("per_query") or {}, condition.get("image_path"))
+    lines = [f"## {heading}: claims", "", _pool_line(ablation), "", *claims, "",
+             f"### {heading}: Recall@10 / @50 / @100 and category hit@10, all test pairs", "",
+             "| variant | both | text only | image only | R@50 both | R@100 both | category hit@10 both |",
+             "|---|---|---|---|---|---|---|"]
     for name in ablation:
         lines.append(f"| `{name}` | " + " | ".join([
             _fmt(*_cell(ablation, name)), _fmt(*_cell(ablation, name, modality="text")),
             _fmt(*_cell(ablation, name, modality="image")), _fmt(*_cell(ablation, name, metric="recall@50")),
-            _fmt(*_cell(ablation, name, metric="recall@100"))]) + " |")
-    lines += ["", "## Recall@10 by split (both modalities)", "",
+            _fmt(*_cell(ablation, name, metric="recall@100")),
+            _fmt(*_cell(ablation, name, metric="category_hit@10"))]) + " |")
+    first = next(iter(ablation), None)
+    if first is not None:
+        chance = [_cell(ablation, first, metric=f"chance_{m}")[0] for m in
+                  ("recall@10", "recall@10", "recall@10", "recall@50", "recall@100", "category_hit@10")]
+        lines.append("| chance | " + " | ".join(_fmt(c) for c in chance) + " |")
+    lines += ["", f"### {heading}: Recall@10 by split (both modalities)", "",
               "| variant | all | short query | long query | short target | long target |", "|---|---|---|---|---|---|"]
     for name in ablation:
         lines.append(f"| `{name}` | " + " | ".join(
-            _fmt(*_cell(ablation, name, split=split)) for split in
-            ("all", "short_query", "long_query", "short_target", "long_target")) + " |")
-    if saliency:
-        lines += ["", "## Saliency per layer (NOTELLM2.md, 'Visual neglect')", "",
-                  "| variant | mean S_v | mean S_t | mean S_o | S_v / S_t |", "|---|---|---|---|---|"]
-        for variant, rows in saliency.items():
-            mean = lambda key: sum(row[key] for row in rows) / max(len(rows), 1)
-            lines.append(f"| `{variant}` | {mean('S_v'):.3g} | {mean('S_t'):.3g} | {mean('S_o'):.3g} | "
-                         f"{mean('S_v') / max(mean('S_t'), 1e-12):.3f} |")
+            _fmt(*_cell(ablation, name, split=split)) for split in SPLITS) + " |")
+    if rows:
+        lines += ["", f"### {heading}: every paired comparison", "", *_comparison_table(rows)]
+    return lines, rows
+
+
+def _side_by_side(full: dict, weak: dict) -> list[str]:
+    names = [name for name in weak["ablation"] if name in full["ablation"]]
+    lines = ["## Both conditions side by side (Recall@10, all test pairs)", "",
+             f"Weak text: the same notes, pairs and split with the text cut to the title (dataset "
+             f"`{weak['dataset']}`).", "",
+             "| variant | full: both | weak: both | full: image only | weak: image only | full: text only | "
+             "weak: text only |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for modality in ("both", "image", "text"):
+            cells += [_fmt(*_cell(full["ablation"], name, modality=modality)),
+                      _fmt(*_cell(weak["ablation"], name, modality=modality))]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(plan, main: dict, weak: dict | None = None) -> None:
+    """RESULTS.md for `main` (a condition: dataset, ablation, per_query, saliency, image_path, headroom, passes,
+    runs), with the weak-text condition beside it when given."""
+    plots = _plots(plan, main["ablation"], main.get("saliency"))
+    label = "Weak text (title only)" if getattr(plan, "weak_text", False) else "Full text"
+    lines = [
+        f"# Reproducing NoteLLM-2's findings on `{plan.dataset}`",
+        "",
+        f"Dataset `{main['dataset']}`; preset `{plan.preset}`, {plan.steps} steps of {plan.batch_pairs} pairs for "
+        f"every variant; seeds {list(plan.main_seeds)} for `basic` and `micl+late`, {list(plan.other_seeds)} for the "
+        "rest. Figures are Recall@k in percent (mean ± std over seeds). Every claim is judged by a paired test over "
+        "the same queries.",
+        "",
+        _passes_text(main.get("passes") or []),
+        "",
+        f"Rerun: `python -m core reproduce --dataset {shlex.quote(plan.dataset)} --steps {plan.steps} "
+        f"--preset {plan.preset} --main-seeds {len(plan.main_seeds)}` (and again with `--weak-text` for the "
+        "weak-text condition); the workspace defaults to `~/.cache/notellm2-workbench/reproduce-DATASET`, outside "
+        "the work tree, and a rerun reuses every finished run, evaluation and saliency measurement"
+        + (", building the dataset there when it is missing (apt packages openclipart-png and openclipart-svg; "
+           "by hand: `python -m core build-openclipart --import-as openclipart`)." if plan.dataset == "openclipart"
+           else "."),
+        "",
+        f"Measured on: {machine_line()}.",
+        "",
+    ]
+    condition_lines, _ = _condition_lines(main, label)
+    lines += condition_lines
+    if weak:
+        lines += ["", *_side_by_side(main, weak), ""]
+        weak_lines, _ = _condition_lines(weak, "Weak text (title only)")
+        lines += weak_lines
+        if weak.get("passes"):
+            lines += ["", "Weak-text condition: " + _passes_text(weak["passes"])]
+    lines += _image_path_lines(main.get("image_path"))
+    lines += _headroom_lines(main.get("headroom"))
+    lines += _saliency_lines(main.get("saliency"))
+    if weak and weak.get("saliency"):
+        lines += [line.replace("## Saliency per layer", "## Weak text: saliency per layer")
+                  for line in _saliency_lines(weak["saliency"])]
+    runs = list(main.get("runs") or []) + list((weak or {}).get("runs") or [])
     if runs:
         lines += ["", "## Training runs (the fixed budget)", "",
                   "| run | variant | seed | steps | mean step (s) | training minutes | final loss |",
@@ -221,10 +455,12 @@ def write_report(plan, ablation: dict, saliency: dict | None, passes: list[dict]
             lines.append(f"| `{run['run']}` | `{run['variant']}` | {run['seed']} | {run['steps']} | "
                          f"{run['step_s']:.1f} | {run['train_minutes']:.1f} | {run['final_loss']:.3f} |")
     folder = os.path.relpath(plan.results_dir, plan.report_path.parent)
-    others = _other_reports(plan)
+    others = [path for path in _other_reports(plan) if not Path(path).parent.name == "weak-text"]
     if others:
         lines += ["", "## Other reproductions", "", *[f"- [{path}]({path})" for path in others]]
     lines += ["", *[f"![{name}]({folder}/{name})" for name in plots], "",
-              f"Machine-readable: `{folder}/ablation.json` (variant -> split -> modality -> metric, with seeds) and "
-              f"`{folder}/saliency.json`.", ""]
+              f"Machine-readable: `{folder}/ablation.json` (variant -> split -> modality -> metric, with seeds; "
+              f"`image_path`, `headroom`), `{folder}/per_query.json` (each query's ranks: the paired tests' input) "
+              f"and `{folder}/saliency.json`" + (f"; the weak-text condition under `{folder}/weak-text/`." if weak
+                                                  else "."), ""]
     plan.report_path.write_text("\n".join(lines))

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
-from app.render import esc
+from app.render import esc, md, warning_toast
 from app.tabs.common import _default_selection, note_choices
 from core.analysis.attention import image_attention
 from core.analysis.gate import gate_shares
@@ -66,7 +66,7 @@ def saliency(backend: Backend, dataset, names, batches, progress=gr.Progress()):
                           row=1, col=col)
         if "S_v" in frame and "S_t" in frame:
             ratio = float(frame["S_v"].mean() / max(frame["S_t"].mean(), 1e-12))
-            lines.append(f"- **{esc(name)}**: mean S_v / S_t = {ratio:.2f}")
+            lines.append(f"- **{md(name)}**: mean S_v / S_t = {ratio:.2f}")
     fig.update_layout(height=360, template="plotly_white", margin=dict(l=40, r=10, t=50, b=40),
                       legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(title_text="layer")
@@ -94,7 +94,7 @@ def heatmap(backend: Backend, dataset, name, note_id):
                       template="plotly_white", margin=dict(l=40, r=10, t=50, b=40), xaxis_title="layer",
                       yaxis_title="attention share", legend=dict(orientation="h", y=-0.3))
     return (out.get("overlay"), fig,
-            f"**{esc(note.title)}** under **{esc(name)}**: the heat map is the final token's attention over the "
+            f"**{md(note.title)}** under **{md(name)}**: the heat map is the final token's attention over the "
             "image tokens (averaged over heads and layers), laid over the image.")
 
 
@@ -104,7 +104,7 @@ def gates(backend: Backend, dataset, name, note_id, sample, progress=gr.Progress
         return None, "Choose a variant with late fusion."
     row = backend.variant_row(dataset, name)
     if not row.late_fusion:
-        return None, (f"**{esc(name)}** has no late-fusion gate (variant `{esc(row.variant)}`): choose "
+        return None, (f"**{md(name)}** has no late-fusion gate (variant `{esc(row.variant)}`): choose "
                       "`late`, `basic+late` or `micl+late`.")
     notes = backend.workbench.notes(dataset)
     random.Random(0).shuffle(notes)
@@ -166,8 +166,8 @@ def build(backend: Backend, dataset: gr.Dropdown):
             try:
                 return fn(backend, *args, progress=progress) if fn is not heatmap else fn(backend, *args)
             except Exception as error:
-                gr.Warning(message(error)[:200])
-                return (*([None] * (n_out - 1)), f"⚠️ {esc(message(error))}")
+                warning_toast(message(error)[:200])
+                return (*([None] * (n_out - 1)), f"⚠️ {md(message(error))}")
         return run
 
     sal_btn.click(guarded(saliency, 2), [dataset, sal_names, batches], [sal_plot, sal_text], api_name="saliency")

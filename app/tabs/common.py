@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.backend import Backend, describe
-from app.render import note_choice
+from app.render import md, note_choice
 from core.workbench import Hit
 
 MODALITIES = [("Image + text", "both"), ("Text only (zero image)", "text"), ("Image only (empty text)", "image")]
@@ -114,5 +114,5 @@ def variants_legend(backend: Backend, dataset, names) -> str:
         what = describe(name, row)
         kind = "zero-shot baseline" if row.zero_shot else (
             f"fine-tuned run, variant `{row.variant}`" + (f", {row.steps} steps" if row.steps else ""))
-        rows.append(f"- **{name}**: {what} ({kind})")
+        rows.append(f"- **{md(name)}**: {md(what)} ({kind})")
     return "\n".join(rows)

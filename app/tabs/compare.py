@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from app.backend import Backend, describe, message
-from app.render import badge, esc, note_card, notice, query_card
+from app.render import badge, esc, md, note_card, notice, query_card, warning_toast
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.compare import compare_neighbor_lists
 from core.workbench import MODALITIES as MODALITY_NAMES
@@ -29,10 +29,10 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     if not dataset or not note_id:
         return "", notice("Pick a dataset and a query note.", "warn"), pd.DataFrame(), ""
     if len(names) < 2:
-        gr.Warning("Choose at least two variants to compare.")
+        warning_toast("Choose at least two variants to compare.")
         return "", notice("Choose two to four variants.", "warn"), pd.DataFrame(), ""
     if len(names) > MAX_VARIANTS:
-        gr.Warning(f"At most {MAX_VARIANTS} variants side by side; showing the first {MAX_VARIANTS}.")
+        warning_toast(f"At most {MAX_VARIANTS} variants side by side; showing the first {MAX_VARIANTS}.")
         names = names[:MAX_VARIANTS]
     k = int(k)
     query = backend.workbench.note(dataset, note_id)
@@ -89,8 +89,8 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
         columns.append(f'<div class="wb-col">{head}{"".join(cards)}{left_html}</div>')
     side = f'<div class="wb-compare" style="--cols:{len(names)}">{"".join(columns)}</div>'
     frame = _pairwise_frame(metrics)
-    summary = (f"Top {k} for each variant, modality **{modality}**. Badges are relative to the first column "
-               f"(**{esc(reference)}**): *entered* = not in its top {k}; ▲/▼ = rank moved; the *left* line lists its "
+    summary = (f"Top {k} for each variant, modality **{md(modality)}**. Badges are relative to the first column "
+               f"(**{md(reference)}**): *entered* = not in its top {k}; ▲/▼ = rank moved; the *left* line lists its "
                f"neighbours that dropped out. {len(related)} known related note(s) for this query.")
     return query_card(query), side, frame, summary
 
@@ -181,8 +181,8 @@ def build(backend: Backend, dataset: gr.Dropdown):
         try:
             return recall_table(backend, ds, v, s, progress)
         except Exception as error:
-            gr.Warning(message(error)[:200])
-            return pd.DataFrame(), f"⚠️ {esc(message(error))}"
+            warning_toast(message(error)[:200])
+            return pd.DataFrame(), f"⚠️ {md(message(error))}"
 
     eval_btn.click(on_eval, [dataset, eval_names, split], [table, eval_note], api_name="recall_table")
 

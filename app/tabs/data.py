@@ -1,6 +1,10 @@
 """Data tab: import an upload (atomic, with a validation report), browse a dataset, its statistics."""
 from __future__ import annotations
 
+import csv
+import os
+import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -9,10 +13,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.backend import Backend, message
-from app.render import esc
+from app.render import info_toast, md, warning_toast
 
 PAGE = 40
 ALL = "(all categories)"
+PROBLEMS_SHOWN = 1_000  # rows of the validation table sent to the page; the full report is a CSV download
+REPORT_COLUMNS = ["kind", "file", "row", "reason"]
+REPORTS_DIR = Path(tempfile.gettempdir()) / "notellm2-reports"
+REPORT_MAX_AGE_S = 3600
 
 
 def datasets_table(backend: Backend) -> pd.DataFrame:
@@ -54,13 +62,15 @@ def check_upload(name: str, notes_file, pairs_file, images_zip) -> str | None:
 
 def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, skip_bad,
                   progress=gr.Progress()):
-    """Returns (report markdown, problems table, datasets table, dataset dropdown update)."""
+    """Returns (report markdown, problems table (its first rows), datasets table, dataset dropdown update,
+    full report CSV path or None)."""
     name = (name or "").strip()
     empty = pd.DataFrame(columns=["kind", "file", "row", "reason"])
     problem = check_upload(name, notes_file, pairs_file, images_zip)
     if problem:
-        gr.Warning(problem)
-        return f"❌ {problem}", empty, datasets_table(backend), gr.update()
+        warning_toast(problem)
+        discard_uploads(notes_file, pairs_file, images_zip)
+        return f"❌ {md(problem)}", empty, datasets_table(backend), gr.update(), None
 
     def report_progress(done, total, msg):
         progress((done, max(total, 1)), desc=msg)
@@ -72,18 +82,55 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
         rows = [{"kind": "problem", "file": p[0] if len(p) > 0 else "", "row": p[1] if len(p) > 1 else "",
                  "reason": p[2] if len(p) > 2 else str(p)} for p in _problems(error)]
         text = message(error)
-        gr.Warning(f"Nothing imported: {text.splitlines()[0][:200]}")
-        return (f"❌ **Nothing imported.** {esc(text)}\n\nThe workspace is unchanged.",
-                pd.DataFrame(rows, columns=empty.columns), datasets_table(backend), gr.update())
+        warning_toast(f"Nothing imported: {text.splitlines()[0][:200]}")
+        table, more, full = problem_report(rows)
+        return (f"❌ **Nothing imported.** {md(text)}{more}\n\nThe workspace is unchanged.",
+                table, datasets_table(backend), gr.update(), full)
+    finally:
+        discard_uploads(notes_file, pairs_file, images_zip)  # read and copied: the temp copies can go now
     rows = ([{"kind": "note", "file": f, "row": r, "reason": why} for f, r, why in report.skipped]
             + [{"kind": "pair", "file": f, "row": r, "reason": why} for f, r, why in getattr(report, "pairs_skipped", [])]
             + [{"kind": "archive", "file": f, "row": r, "reason": why} for f, r, why in getattr(report, "ignored", [])])
     summary = report.summary() if hasattr(report, "summary") else (
         f"imported {report.imported} of {report.read} notes, {report.pairs_imported} of {report.pairs_read} pairs")
-    gr.Info(f"Imported '{name}'")
+    info_toast(f"Imported '{name}'")
     names = backend.dataset_names()
-    return (f"✅ {esc(summary)}", pd.DataFrame(rows, columns=empty.columns), datasets_table(backend),
-            gr.update(choices=names, value=name))
+    table, more, full = problem_report(rows)
+    return (f"✅ {md(summary)}{more}", table, datasets_table(backend), gr.update(choices=names, value=name), full)
+
+
+def problem_report(rows: list[dict]) -> tuple[pd.DataFrame, str, str | None]:
+    """(the first PROBLEMS_SHOWN rows as a table, a Markdown sentence about the rest, the path of a CSV of
+    all rows or None when there is none). A report of 300,000 rows would take the browser half a minute."""
+    if not rows:
+        return pd.DataFrame(columns=REPORT_COLUMNS), "", None
+    REPORTS_DIR.mkdir(exist_ok=True)
+    for old in REPORTS_DIR.glob("*.csv"):  # Gradio serves its own copy; ours need not outlive the request
+        if time.time() - old.stat().st_mtime > REPORT_MAX_AGE_S:
+            old.unlink(missing_ok=True)
+    handle, path = tempfile.mkstemp(prefix="validation-report-", suffix=".csv", dir=REPORTS_DIR)
+    with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    more = ""
+    if len(rows) > PROBLEMS_SHOWN:
+        more = (f"\n\nThe table shows the first {PROBLEMS_SHOWN:,} of {len(rows):,} problems "
+                f"({len(rows) - PROBLEMS_SHOWN:,} more in the downloadable report).")
+    return pd.DataFrame(rows[:PROBLEMS_SHOWN], columns=REPORT_COLUMNS), more, path
+
+
+def discard_uploads(*files) -> None:
+    """Delete uploaded files from Gradio's upload folder once they are imported or refused (never a file
+    outside it: a Python caller may pass its own paths)."""
+    upload_root = Path(gr.utils.get_upload_folder()).resolve()
+    for file in files:
+        path = _path(file)
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if upload_root in resolved.parents:
+            resolved.unlink(missing_ok=True)
 
 
 def delete_selected(backend: Backend, dataset, confirm):
@@ -94,11 +141,11 @@ def delete_selected(backend: Backend, dataset, confirm):
         backend.workbench.delete_dataset(dataset, confirm=confirm or "")
     except Exception as error:
         text = message(error)
-        gr.Warning(text.splitlines()[0][:200])
-        return f"❌ {esc(text)}", datasets_table(backend), gr.update()
-    gr.Info(f"Deleted '{dataset}'")
+        warning_toast(text.splitlines()[0][:200])
+        return f"❌ {md(text)}", datasets_table(backend), gr.update()
+    info_toast(f"Deleted '{dataset}'")
     names = backend.dataset_names()
-    return (f"🗑️ Deleted **{esc(dataset)}**, its images no other dataset uses, and its cached vectors. "
+    return (f"🗑️ Deleted **{md(dataset)}**, its images no other dataset uses, and its cached vectors. "
             "Runs trained on it are kept.", datasets_table(backend),
             gr.update(choices=names, value=backend.default_dataset()))
 
@@ -146,13 +193,13 @@ def stats(backend: Backend, dataset):
     unpaired = sum(1 for d in degrees if d == 0)
     with_image = sum(1 for n in notes if n.image)
     median_len = lengths[len(lengths) // 2] if lengths else 0
-    lines = [f"**{esc(dataset)}**: {len(notes)} notes, {sum(len(v) for v in related.values()) // 2} related pairs, "
+    lines = [f"**{md(dataset)}**: {len(notes)} notes, {sum(len(v) for v in related.values()) // 2} related pairs, "
              f"{with_image} notes with an image ({100 * with_image / max(len(notes), 1):.0f}%), "
              f"{len(categories)} categories.",
              f"Pairs per note: median {sorted(degrees)[len(degrees) // 2] if degrees else 0}, max {max(degrees, default=0)};"
              f" {unpaired} notes have no pair (they can be neighbours but never queries).",
              f"Text length (title + content): median {median_len} characters."]
-    lines.append(f"Source: {esc(info.source)} · imported {esc(info.created_at)}"
+    lines.append(f"Source: {md(info.source)} · imported {md(info.created_at)}"
                  + (f" · {info.skipped} rows skipped at import" if info.skipped else ""))
     cats = list(categories.items())
     fig = go.Figure(go.Bar(x=[c or "(none)" for c, _ in cats], y=[n for _, n in cats],
@@ -186,8 +233,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
             skip_bad = gr.Checkbox(label="Skip bad rows (import the rest, list the skipped ones)", value=False)
             import_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
         import_report = gr.Markdown(elem_id="import-report")
-        problems = gr.Dataframe(label="Validation report: rows left out or refused", interactive=False,
-                                wrap=True, max_height=240)
+        problems = gr.Dataframe(label=f"Validation report: rows left out or refused (the first {PROBLEMS_SHOWN:,})",
+                                interactive=False, wrap=True, max_height=240)
+        report_file = gr.File(label="Full validation report (CSV)", interactive=False, elem_id="import-report-file")
     with gr.Accordion("Delete a dataset", open=False):
         gr.Markdown("Deletes the dataset chosen in the menu above, the images no other dataset uses and the "
                     "vectors cached for it. Trained runs are kept. Refused while a job is using it.")
@@ -208,7 +256,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         return import_upload(backend, n, nf, pf, iz, sb, progress)
 
     import_btn.click(on_import, [name, notes_file, pairs_file, images_zip, skip_bad],
-                     [import_report, problems, table, dataset], api_name="import_dataset")
+                     [import_report, problems, table, dataset, report_file], api_name="import_dataset")
 
     def on_delete(ds, typed):
         status, datasets, choice = delete_selected(backend, ds, typed)
@@ -219,11 +267,11 @@ def build(backend: Backend, dataset: gr.Dropdown):
 
     def on_dataset(ds):
         try:
-            md, fig, cat = stats(backend, ds)
+            overview, fig, cat = stats(backend, ds)
             items, cap = browse(backend, ds, ALL, "", 1)
-            return md, fig, cat, items, cap, 1, datasets_table(backend)
+            return overview, fig, cat, items, cap, 1, datasets_table(backend)
         except Exception as error:
-            return f"⚠️ {esc(message(error))}", None, gr.update(), [], "", 1, gr.update()
+            return f"⚠️ {md(message(error))}", None, gr.update(), [], "", 1, gr.update()
 
     dataset.change(on_dataset, [dataset], [summary, cat_plot, category, gallery, caption, page, table],
                    api_name="dataset_overview")
@@ -232,7 +280,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         try:
             return browse(backend, ds, c, t, p)
         except Exception as error:
-            return [], f"⚠️ {esc(message(error))}"
+            return [], f"⚠️ {md(message(error))}"
 
     for trigger in (category.change, text.submit, page.submit):
         trigger(on_browse, [dataset, category, text, page], [gallery, caption], api_name=False)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
-from app.render import badge, esc, grid, note_card, notice
+from app.render import badge, esc, grid, md, note_card, notice, warning_toast
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.projection import aligned_projections, project
 
@@ -183,9 +183,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
         except gr.Error:
             raise
         except Exception as error:
-            gr.Warning(message(error)[:200])
-            return None, None, f"⚠️ {esc(message(error))}"
-        return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {m}. *Target hit* = a known related note "
+            warning_toast(message(error)[:200])
+            return None, None, f"⚠️ {md(message(error))}"
+        return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {md(m)}. *Target hit* = a known related note "
                                          f"is among the note's {HIT_K} nearest; the rate over titles is ± a 95% "
                                          "interval. Click a point (or pick it below) for its neighbours.")
 

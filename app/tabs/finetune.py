@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, VARIANT_DESCRIPTIONS, message
-from app.render import esc
+from app.render import error_toast, esc, info_toast, warning_toast
 from core.workbench import Job, JobState
 
 PRESETS = {
@@ -44,16 +44,16 @@ def overrides_from(batch, lr_llm, lr_new, llm, vision, lora) -> dict:
 
 def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision, lora):
     if not dataset:
-        raise gr.Error("Choose a dataset (import one in the Data tab).")
+        raise error_toast("Choose a dataset (import one in the Data tab).")
     if not steps or int(steps) < 1:
-        raise gr.Error("Steps must be a whole number of at least 1.")
+        raise error_toast("Steps must be a whole number of at least 1.")
     if batch and int(batch) < 2:  # blank (None or 0) keeps the preset
-        raise gr.Error("A batch needs at least 2 pairs (the other pairs are the negatives).")
+        raise error_toast("A batch needs at least 2 pairs (the other pairs are the negatives).")
     variant = variant_of(image_mode, late)
     run = (run or "").strip() or default_run_name(variant, dataset)
     job_id = backend.workbench.start_training(dataset, variant, run, preset=preset, steps=int(steps),
                                               **overrides_from(batch, lr_llm, lr_new, llm, vision, lora))
-    gr.Info(f"Started run '{run}' ({variant}, {preset}, {int(steps)} steps)")
+    info_toast(f"Started run '{run}' ({variant}, {preset}, {int(steps)} steps)")
     return job_id, run
 
 
@@ -97,9 +97,9 @@ def poll(backend: Backend, job_id, last_state):
     active = job.active
     if last_state and JobState(last_state).active and not active:
         if job.state is JobState.FINISHED:
-            gr.Info(f"Run '{job.run}' finished: it is now a variant in every tab.")
+            info_toast(f"Run '{job.run}' finished: it is now a variant in every tab.")
         else:
-            gr.Warning(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
+            warning_toast(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
     resumable = job.state in (JobState.CANCELLED, JobState.FAILED)
     return (progress_html(job), curves(events), job.log_tail, job.state.value, gr.Timer(active=active),
             gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
@@ -161,7 +161,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         except gr.Error:
             raise
         except Exception as error:
-            gr.Warning(message(error)[:200])
+            warning_toast(message(error)[:200])
             return gr.update(), gr.update(), f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update()
         return jid, run_name, progress_html(backend.workbench.job(jid)), gr.Timer(active=True)
 
@@ -175,9 +175,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
             return "No job to stop."
         try:
             backend.workbench.cancel_job(j)
-            gr.Info("Stopping: the job saves a checkpoint you can resume.")
+            info_toast("Stopping: the job saves a checkpoint you can resume.")
         except Exception as error:
-            gr.Warning(message(error)[:200])
+            warning_toast(message(error)[:200])
         return gr.update()
 
     stop_btn.click(on_stop, [job_id], [log], api_name="stop_training")
@@ -187,9 +187,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
             run_name = backend.workbench.job(j).run
             new = backend.workbench.resume_training(run_name)
         except Exception as error:
-            gr.Warning(message(error)[:200])
+            warning_toast(message(error)[:200])
             return gr.update(), gr.update()
-        gr.Info(f"Resuming run '{run_name}'")
+        info_toast(f"Resuming run '{run_name}'")
         return new, gr.Timer(active=True)
 
     resume_btn.click(on_resume, [job_id], [job_id, timer], api_name="resume_training")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.backend import Backend, describe, message
-from app.render import badge, esc, grid, note_card, notice, query_card
+from app.render import badge, grid, md, note_card, notice, query_card, warning_toast
 from app.tabs.common import MODALITIES, compose_note, neighbours, refresh_notes, refresh_variants, wire_note_search
 
 FROM_DATASET, COMPOSE = "A note from the dataset", "Compose a note"
@@ -19,12 +19,12 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
     if source == COMPOSE:
         query = compose_note(title, content, topics, image)
         if query is None:
-            gr.Warning("Write a title or some text, or upload an image: the query is empty.")
+            warning_toast("Write a title or some text, or upload an image: the query is empty.")
             return "", notice("The query is empty: give it a title, text, topics or an image.", "warn"), ""
         note_id = None
     else:
         if not note_id:
-            gr.Warning("Pick a note to search from.")
+            warning_toast("Pick a note to search from.")
             return "", notice("Pick a note from the dataset first.", "warn"), ""
         query = backend.workbench.note(dataset, note_id)
     try:
@@ -47,8 +47,8 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
                                extra_class="is-related" if note.note_id in related else ""))
     found = sum(1 for hit in rows if hit.note_id in related)
     scores = [hit.score for hit in rows]
-    lines = [f"**{esc(variant)}** ({esc(describe(variant, backend.variant_row(dataset, variant)))}), "
-             f"modality **{dict((v, l) for l, v in MODALITIES).get(modality, modality)}**, top {len(rows)}."]
+    lines = [f"**{md(variant)}** ({md(describe(variant, backend.variant_row(dataset, variant)))}), "
+             f"modality **{md(dict((v, l) for l, v in MODALITIES).get(modality, modality))}**, top {len(rows)}."]
     if note_id:
         lines.append(f"Known related notes found: **{found} of {len(related)}** in the top {len(rows)}"
                      + (" (this note has no recorded pair)." if not related else "."))

@@ -151,8 +151,9 @@ def test_import_refuses_bad_files_and_changes_nothing(client, app, tmp_path):
     broken.write_bytes(b"this is not a zip")
     notes = tmp_path / "notes.csv"
     notes.write_text("note_id,title,content,image\nn1,First,hello,a.jpg\nn2,Second,world,\n")
-    report, problems, datasets, _ = client.predict("bad", handle_file(str(notes)), None, handle_file(str(broken)),
-                                                    False, api_name="/import_dataset")
+    report, problems, datasets, _, report_file = client.predict("bad", handle_file(str(notes)), None,
+                                                                handle_file(str(broken)), False,
+                                                                api_name="/import_dataset")
     assert "not a readable zip" in report
     wrong_type = tmp_path / "notes.txt"
     wrong_type.write_text("hello")
@@ -176,9 +177,11 @@ def test_import_good_upload(client, app, tmp_path):
     archive = tmp_path / "images.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.write(SAMPLE_IMAGE, "a.jpg")
-    report, problems, datasets, dataset = client.predict("mini", handle_file(str(notes)), handle_file(str(pairs)),
-                                                         handle_file(str(archive)), False, api_name="/import_dataset")
+    report, problems, datasets, dataset, report_file = client.predict(
+        "mini", handle_file(str(notes)), handle_file(str(pairs)), handle_file(str(archive)), False,
+        api_name="/import_dataset")
     assert "✅" in report and "2 of 2 notes" in report, report
+    assert report_file is None  # nothing was left out
     assert "mini" in app.backend.dataset_names()
     summary, *_ = client.predict("mini", api_name="/dataset_overview")
     assert "2 notes" in summary

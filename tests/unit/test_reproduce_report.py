@@ -3,6 +3,8 @@ its plots are written, and training summaries come from a run's own files."""
 import json
 import statistics
 
+import pytest
+
 from core.reproduce import ReproducePlan, _aggregate
 from core.reproduce_report import _claims, training_summary, write_report
 
@@ -29,45 +31,126 @@ def test_aggregate_gives_mean_std_and_every_seed():
     assert single["all"]["image"]["recall@10"]["std"] == 0.0
 
 
-def test_claims_follow_the_numbers_whichever_way_they_come_out():
-    neglecting = _ablation({"basic": [(0.60, 0.59, 0.10), (0.62, 0.61, 0.12)],
-                            "micl": [(0.80, 0.70, 0.40)],
-                            "micl+late": [(0.40, 0.30, 0.35), (0.42, 0.31, 0.36)],
-                            "zs-concat": [(0.50, 0.45, 0.40)]})
-    lines = "\n".join(_claims(neglecting))
-    assert "Holds: removing the image costs far less" in lines
-    assert "`micl` vs `basic`: 80.0 vs 61.0 ± 1.4: better than `basic`" in lines
-    assert "`micl+late` vs `basic`" in lines and "worse than `basic`" in lines
-    assert "`micl` (80.0)" in lines and "`micl+late` is not the best here." in lines
-    assert "-9.0 points (beyond the margin ±5.0)" in lines  # micl+late 41.0 vs zs-concat 50.0
-
-    balanced = _ablation({"basic": [(0.60, 0.35, 0.35)], "micl+late": [(0.62, 0.40, 0.40)]})
-    lines = "\n".join(_claims(balanced))
-    assert "Does not hold here: the image carries weight" in lines
-    # 2 points apart with ±5-point bootstrap intervals: not a difference
-    assert "not distinguishable from `basic` (margin used: ±5.0)" in lines
-    assert ("`micl+late` is best, as the paper claims, by 2.0 points over `basic` (within the margin ±5.0, "
-            "so not shown to be better).") in lines
+def _per_query(hits_by_variant, subsets=None):
+    """per_query.json from {variant: {modality: [hits of seed 0, hits of seed 1, ...]}} over queries q0..qN."""
+    count = len(next(iter(next(iter(hits_by_variant.values())).values()))[0])
+    ids = [f"q{i}" for i in range(count)]
+    queries = {"all": ids, **(subsets or {})}
+    results = {variant: {modality: {str(seed): {"rank": {q: (0 if hit else 50) for q, hit in zip(ids, hits)}}
+                                    for seed, hits in enumerate(seeds)}
+                         for modality, seeds in by_modality.items()}
+               for variant, by_modality in hits_by_variant.items()}
+    return {"queries": queries, "results": results}
 
 
-def test_report_writes_table_plots_and_run_summaries(tmp_path):
+def test_claims_are_judged_by_a_paired_test_not_by_overlapping_intervals():
+    # 100 queries; basic hits the first 40. micl hits the same 40 and 10 more: 10 points up, which overlapping
+    # unpaired bootstrap intervals (about ±10 points each) could never call, but every discordant query
+    # favours micl: McNemar p = 2 / 2^10.
+    basic = [1] * 40 + [0] * 60
+    micl = [1] * 50 + [0] * 50
+    # late: 5 points up, with 15 queries gained and 10 lost: no difference shown.
+    late = [1] * 30 + [0] * 10 + [1] * 15 + [0] * 45
+    per_query = _per_query({"basic": {"both": [basic], "text": [basic], "image": [[0] * 100]},
+                            "micl": {"both": [micl]}, "late": {"both": [late]}})
+    ablation = _ablation({"basic": [(0.40, 0.40, 0.0)], "micl": [(0.50, 0.5, 0.1)], "late": [(0.45, 0.45, 0.1)]})
+    lines, rows = _claims(ablation, per_query)
+    text = "\n".join(lines)
+    assert "`micl` vs `basic`: better than `basic`, +10.0 points" in text
+    micl_row = next(r for r in rows if r["a"] == ("micl", "both"))
+    assert micl_row["p_value"] == pytest.approx(2 / 2 ** 10) and micl_row["test"] == "mcnemar-exact"
+    assert micl_row["p_holm"] == pytest.approx(min(1.0, 3 * 2 / 2 ** 10))  # 4 comparisons, micl's p the 2nd smallest
+    assert "`late` vs `basic`: not shown to differ from `basic`, +5.0 points" in text
+    # Removing basic's image changes nothing, removing its text loses all 40 hits: neglect holds by retrieval,
+    # and the report says it cannot tell neglect from a broken image path without the health figures.
+    assert "Holds: the image's contribution is not shown while the text's is." in text
+    assert "Image-path health was not measured" in text
+    assert "4 paired comparisons were made" in text
+    assert "margin" not in text  # no unpaired-margin verdict anywhere
+
+
+def test_claims_cover_each_split_and_average_seeds_before_pairing():
+    basic = [1] * 40 + [0] * 60
+    subsets = {"short_query": [f"q{i}" for i in range(0, 100, 2)], "long_query": [f"q{i}" for i in range(1, 100, 2)]}
+    # Two seeds of micl+late: seed 0 hits 60 queries, seed 1 the first 40 only: averaged per query (0.5 on
+    # 20 queries), then paired with basic by a sign-flip permutation test.
+    seeds = [[1] * 60 + [0] * 40, basic]
+    per_query = _per_query({"basic": {"both": [basic]}, "micl+late": {"both": seeds}}, subsets)
+    ablation = _ablation({"basic": [(0.40, 0.4, 0.1)], "micl+late": [(0.60, 0.5, 0.1), (0.40, 0.4, 0.1)]})
+    lines, rows = _claims(ablation, per_query)
+    assert len(rows) == 3 and {r["split"] for r in rows} == {"all", "short_query", "long_query"}
+    row = next(r for r in rows if r["split"] == "all")
+    assert row["difference"] == pytest.approx(0.10) and row["test"] == "sign-flip permutation"
+    assert row["seeds_a"] == 2 and row["queries"] == 100
+    short = next(r for r in rows if r["split"] == "short_query")
+    assert short["queries"] == 50 and short["difference"] == pytest.approx(0.10)
+    text = "\n".join(lines)
+    assert "by split: short query +10.0" in text and "3 paired comparisons were made" in text
+    assert "3. **`micl+late` is the best trained variant**" in text
+
+
+def test_image_path_figures_decide_between_neglect_and_a_weak_image_path():
+    basic = [1] * 40 + [0] * 60
+    per_query = _per_query({"basic": {"both": [basic], "text": [basic], "image": [[0] * 100]}})
+    ablation = _ablation({"basic": [(0.40, 0.40, 0.0)]})
+    healthy = {"basic": {"connector_probe_r10": 0.20, "zs_image_r10": 0.25}}
+    text = "\n".join(_claims(ablation, per_query, healthy)[0])
+    assert "0.80x" in text and "the picture reaches the LLM" in text
+    broken = {"basic": {"connector_probe_r10": 0.03, "zs_image_r10": 0.25}}
+    assert "weak image path" in "\n".join(_claims(ablation, per_query, broken)[0])
+
+
+def _with_pool(ablation, pool=500, distractors=300):
+    for variant in ablation.values():
+        for by_modality in variant.values():
+            for metrics in by_modality.values():
+                metrics["pool"] = {"mean": pool, "std": 0.0}
+                metrics["distractors"] = {"mean": distractors, "std": 0.0}
+                metrics["chance_recall@10"] = {"mean": 10 / pool, "std": 0.0}
+                metrics["chance_recall@50"] = {"mean": 50 / pool, "std": 0.0}
+                metrics["chance_recall@100"] = {"mean": 100 / pool, "std": 0.0}
+                metrics["category_hit@10"] = {"mean": 0.9, "std": 0.0}
+                metrics["chance_category_hit@10"] = {"mean": 0.25, "std": 0.0}
+    return ablation
+
+
+def test_report_writes_tables_plots_pool_chance_saliency_and_both_conditions(tmp_path):
     results = tmp_path / "results"
     (results / "sample").mkdir(parents=True)
     (results / "sample" / "RESULTS.md").write_text("# sample\n")
     plan = ReproducePlan(dataset="openclipart", results_dir=results, report_path=tmp_path / "RESULTS.md",
                          main_seeds=(0, 1))
-    ablation = _ablation({"basic": [(0.6, 0.6, 0.1), (0.62, 0.6, 0.12)], "zs-text": [(0.4, 0.4, 0.05)]})
-    saliency = {"basic": [{"layer": 0, "S_v": 0.01, "S_t": 0.5, "S_o": 0.2},
-                          {"layer": 1, "S_v": 0.03, "S_t": 0.5, "S_o": 0.2}]}
+    ablation = _with_pool(_ablation({"basic": [(0.6, 0.6, 0.1), (0.62, 0.6, 0.12)], "zs-text": [(0.4, 0.4, 0.05)]}))
+    saliency = {"basic": [{"layer": 0, "S_v": 0.01, "S_t": 0.5, "S_o": 0.2, "S_visual": 0.01, "S_slot": None,
+                           "n_batches": 50},
+                          {"layer": 1, "S_v": 0.03, "S_t": 0.5, "S_o": 0.2, "S_visual": 0.03, "S_slot": None,
+                           "n_batches": 50}],
+                "micl": [{"layer": 0, "S_v": 0.2, "S_t": 0.5, "S_o": 0.2, "S_visual": 0.02, "S_slot": 0.4,
+                          "n_batches": 50}]}
     runs = [{"run": "repro-openclipart-basic-cpu-100s-seed0", "variant": "basic", "seed": 0, "steps": 100,
              "step_s": 5.0, "train_minutes": 8.3, "final_loss": 1.25}]
     passes = [{"started": "2026-01-01T10:00:00", "elapsed_s": 600, "trained": [runs[0]["run"]]}]
-    write_report(plan, ablation, saliency, passes, runs=runs)
+    basic = [1] * 60 + [0] * 40
+    main = {"dataset": "openclipart", "ablation": ablation, "saliency": saliency, "passes": passes, "runs": runs,
+            "per_query": _per_query({"basic": {"both": [basic, basic], "text": [basic, basic],
+                                               "image": [[0] * 100] * 2}, "zs-text": {"both": [[1] * 40 + [0] * 60]}})}
+    weak = {"dataset": "openclipart-weak-text", "ablation": _with_pool(_ablation({"basic": [(0.3, 0.2, 0.1)]})),
+            "per_query": _per_query({"basic": {"both": [basic]}}), "passes": [], "runs": []}
+    write_report(plan, main, weak=weak)
 
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| `basic` | 61.0 ± 1.4 | 60.0 | 11.0 ± 1.4 |" in report
     assert "| `zs-text` | 40.0 |" in report
-    assert "| `basic` | 0.02 | 0.5 | 0.2 | 0.040 |" in report  # mean S_v / mean S_t
+    assert "Candidate pool: 500 held-out notes (300 of them nobody's target) for 100 queries." in report
+    assert "Chance: Recall@10 2.0, Recall@50 10.0, Recall@100 20.0, category hit@10 25.0." in report
+    assert "| chance | 2.0 | 2.0 | 2.0 | 10.0 | 20.0 | 25.0 |" in report
+    assert "| 90.0 |" in report  # category hit@10 column
+    # Mean S_v, S_visual, S_slot, S_t, S_o; S_v / S_t and S_visual / S_t: the slot's share is visible.
+    assert "| `basic` | 0.02 | 0.02 | – | 0.5 | 0.2 | 0.040 | 0.040 | 50 |" in report
+    assert "| `micl` | 0.2 | 0.02 | 0.4 | 0.5 | 0.2 | 0.400 | 0.040 | 50 |" in report
+    assert "## Both conditions side by side" in report and "| `basic` | 61.0 ± 1.4 | 30.0 |" in report
+    assert "## Weak text (title only): claims" in report
+    assert "Not measured in this pass" in report  # the image-path hook, without its figures
     assert "| `repro-openclipart-basic-cpu-100s-seed0` | `basic` | 0 | 100 | 5.0 | 8.3 | 1.250 |" in report
     assert "build-openclipart --import-as openclipart" in report
     assert "- [results/sample/RESULTS.md](results/sample/RESULTS.md)" in report

@@ -1,0 +1,82 @@
+"""The reproduction end to end on tiny runs: per-query ranks saved for the paired tests, the pool with
+distractors and its chance level, the headroom check, saliency with the visual-token split, a resumed pass that
+reuses everything, and the weak-text condition beside the full one."""
+import json
+
+import pytest
+
+from core.reproduce import HEADROOM, ReproducePlan, default_workspace, reproduce, weak_text_dataset
+from core.workspace import Workspace
+from tests.unit.engine_fixtures import import_learnable
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    workspace = Workspace.open(root / "ws")
+    import_learnable(workspace.root, "toy")
+    plan = ReproducePlan(dataset="toy", steps=2, preset="tiny", batch_pairs=4, main_seeds=(0,), variants=("text", "basic"),
+                         zero_shot=("zs-image",), saliency_variants=("basic",), saliency_batches=2,
+                         results_dir=root / "results", report_path=root / "RESULTS.md", device="cpu")
+    messages = []
+    reproduce(workspace, plan, log=messages.append)
+    return workspace, plan, messages
+
+
+def test_results_hold_per_query_ranks_pool_chance_and_headroom(finished):
+    workspace, plan, _ = finished
+    ablation = json.loads((plan.results_dir / "ablation.json").read_text())
+    cell = ablation["results"]["basic"]["all"]["both"]
+    pool = cell["pool"]["mean"]
+    assert cell["distractors"]["mean"] > 0 and cell["chance_recall@10"]["mean"] == pytest.approx(min(10, pool) / pool)
+    assert "category_hit@10" in cell and "chance_category_hit@10" in cell
+    per_query = json.loads((plan.results_dir / "per_query.json").read_text())
+    queries = per_query["queries"]["all"]
+    for name in ("text", "basic", "zs-image", HEADROOM):
+        assert set(per_query["results"][name]["both"]["0"]["rank"]) == set(queries)
+    assert ablation["headroom"]["run"] == plan.run_name("text", 0) and len(ablation["headroom"]["weights_by_fold"]) == 2
+    saliency = json.loads((plan.results_dir / "saliency.json").read_text())
+    assert {"S_v", "S_visual", "S_slot", "n_batches"} <= set(saliency["basic"][0])
+    report = plan.report_path.read_text()
+    assert "paired comparisons were made" in report and "Candidate pool:" in report
+
+
+def test_a_second_pass_reuses_runs_evaluations_and_saliency(finished):
+    workspace, plan, _ = finished
+    messages = []
+    reproduce(workspace, plan, log=messages.append)
+    assert not any(m.startswith("$ python") for m in messages)  # nothing trained
+    assert not any(m.startswith("saliency for") for m in messages)
+
+
+def test_weak_text_condition_keeps_notes_pairs_and_images_and_shows_beside_the_full_one(finished):
+    from dataclasses import replace
+
+    from core.data.store import Store
+
+    workspace, plan, _ = finished
+    store = Store(workspace)
+    name = weak_text_dataset(store, "toy")
+    full, weak = store.notes("toy"), store.notes(name)
+    assert [n.note_id for n in weak] == [n.note_id for n in full] and store.pairs(name) == store.pairs("toy")
+    assert all(w.title == f.title and w.content == "" and w.topics == [] and w.category == f.category
+               for w, f in zip(weak, full))
+    import numpy as np
+
+    from core.data.images import load_image
+    assert all(np.array_equal(np.asarray(load_image(w.image)), np.asarray(load_image(f.image)))
+               for w, f in zip(weak, full))  # the same pixels
+    weak_plan = replace(plan, weak_text=True, variants=("text",), saliency_variants=())
+    reproduce(workspace, weak_plan, log=lambda m: None)
+    assert (plan.results_dir / "weak-text" / "ablation.json").exists()
+    report = plan.report_path.read_text()
+    assert "## Both conditions side by side" in report and "toy-weak-text" in report
+
+
+def test_the_default_workspace_is_outside_the_work_tree(monkeypatch, tmp_path):
+    from core.workspace import REPO_ROOT
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_workspace("openclipart") == tmp_path / "notellm2-workbench" / "reproduce-openclipart"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert not default_workspace("openclipart").resolve().is_relative_to(REPO_ROOT)
