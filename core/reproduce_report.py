@@ -393,8 +393,8 @@ def _condition_lines(condition: dict, heading: str) -> tuple[list[str], list[dic
 def _side_by_side(full: dict, weak: dict) -> list[str]:
     names = [name for name in weak["ablation"] if name in full["ablation"]]
     lines = ["## Both conditions side by side (Recall@10, all test pairs)", "",
-             f"Weak text: the same notes, pairs and split with the text cut to the title (dataset "
-             f"`{weak['dataset']}`).", "",
+             f"Weak text: the same notes, images, pairs, queries and pool with the text cut to the title (dataset "
+             f"`{weak['dataset']}`); its short/long splits go by title length.", "",
              "| variant | full: both | weak: both | full: image only | weak: image only | full: text only | "
              "weak: text only |", "|---|---|---|---|---|---|---|"]
     for name in names:
