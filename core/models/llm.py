@@ -36,11 +36,14 @@ def tiny_tokenizer():
 def tiny_llm(vocab_size: int, seed: int = 0) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
+    # Its own seed on a forked generator: the tiny backbone stands for fixed pretrained weights, and the
+    # global generator (seeded by the trainer) must still decide the new modules built after it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
 
 
 def load_llm(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):

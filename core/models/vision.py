@@ -268,11 +268,14 @@ class HFVisionTower(VisionTower):
 def tiny_clip_tower(seed: int = 0) -> HFVisionTower:
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-    torch.manual_seed(seed)
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8)
     processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return HFVisionTower(CLIPVisionModel(config), processor, "tiny:clip")
+    # A forked generator: fixed "pretrained" weights without reseeding the trainer's global generator.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(config)
+    return HFVisionTower(model, processor, "tiny:clip")
 
 
 def load_vision_tower(name: str) -> VisionTower:
