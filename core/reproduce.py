@@ -237,7 +237,31 @@ def _image_path(workspace: Workspace, plan: ReproducePlan, variant: str, log) ->
     log(f"image-path health of {run}")
     figures = image_path_health(load_encoder(workspace, run), notes,
                                 **{key: value for key, value in offered.items() if key in accepted})
-    return dict(figures) if figures is not None else None
+    if figures is None:
+        return None
+    figures = dict(figures)
+    # The visual loss is a training figure: the run's last evaluation event carries it with its chance level.
+    for key, value in _last_training_health(workspace.run_dir(run)).items():
+        figures.setdefault(key, value)
+    return figures
+
+
+def _last_training_health(run_folder: Path) -> dict:
+    """visual_loss and chance_loss from the last evaluation event of a run's events.jsonl that has them."""
+    found: dict = {}
+    try:
+        lines = (run_folder / "events.jsonl").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            health = json.loads(line).get("image_path") or {}
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        picked = {key: health[key] for key in ("visual_loss", "chance_loss") if health.get(key) is not None}
+        if picked:
+            found = picked
+    return found
 
 
 HEADROOM_GRID = tuple(round(0.05 * i, 2) for i in range(21))
@@ -274,20 +298,7 @@ def _headroom(workspace: Workspace, plan: ReproducePlan, log) -> tuple[dict, dic
         results[weight] = evaluate_vectors((ids, fused), split.test_pairs, split.subsets(), ids, seed=0,
                                            categories=categories)
     reference = results[HEADROOM_GRID[0]]
-    queries = list(reference["per_query"]["rank"])
-    folds = [queries[0::2], queries[1::2]]
-    weights = []
-    merged = {"rank": {}, "category_rank": {}}
-    for fold, judged in enumerate(folds):
-        tuning = folds[1 - fold]
-        recall = {w: float(np.mean([results[w]["per_query"]["rank"][q] < 10 for q in tuning])) if tuning else 0.0
-                  for w in HEADROOM_GRID}
-        best = max(HEADROOM_GRID, key=lambda w: (recall[w], -abs(w - 0.5)))  # ties: the more even mix
-        weights.append(best)
-        for q in judged:
-            merged["rank"][q] = results[best]["per_query"]["rank"][q]
-            if q in results[best]["per_query"].get("category_rank", {}):
-                merged["category_rank"][q] = results[best]["per_query"]["category_rank"][q]
+    merged, weights, folds = cross_fitted(results)
     merged["query_subsets"] = reference.get("query_subsets", {})
     table = {}
     for split_name, members in merged["query_subsets"].items():
@@ -305,6 +316,31 @@ def _headroom(workspace: Workspace, plan: ReproducePlan, log) -> tuple[dict, dic
     meta = {"run": run, "weights_by_fold": weights, "grid": list(HEADROOM_GRID), "folds": [len(f) for f in folds],
             "text_part_r10": results[1.0]["recall@10"], "image_part_r10": reference["recall@10"]}
     return table, {"both": merged}, meta
+
+
+def cross_fitted(results: dict[float, dict], k: int = 10) -> tuple[dict, list[float], list[list[str]]]:
+    """Per-query ranks where each query is scored under a weight chosen without it: the queries (in the
+    evaluation's order) fall into two alternating halves; each half takes the weight whose Recall@k is best on
+    the other half (ties: the weight nearest an even mix). `results`: weight -> evaluation result.
+    Returns ({"rank", "category_rank"}, [weight of half 0, weight of half 1], the two halves)."""
+    import numpy as np
+
+    grid = sorted(results)
+    queries = list(results[grid[0]]["per_query"]["rank"])
+    folds = [queries[0::2], queries[1::2]]
+    weights = []
+    merged: dict = {"rank": {}, "category_rank": {}}
+    for fold, judged in enumerate(folds):
+        tuning = folds[1 - fold]
+        recall = {w: float(np.mean([results[w]["per_query"]["rank"][q] < k for q in tuning])) if tuning else 0.0
+                  for w in grid}
+        best = max(grid, key=lambda w: (recall[w], -abs(w - 0.5)))
+        weights.append(best)
+        for q in judged:
+            merged["rank"][q] = results[best]["per_query"]["rank"][q]
+            if q in results[best]["per_query"].get("category_rank", {}):
+                merged["category_rank"][q] = results[best]["per_query"]["category_rank"][q]
+    return merged, weights, folds
 
 
 def _ensure_dataset(workspace: Workspace, plan: ReproducePlan, log) -> None:

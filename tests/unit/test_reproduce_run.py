@@ -80,3 +80,30 @@ def test_the_default_workspace_is_outside_the_work_tree(monkeypatch, tmp_path):
     assert default_workspace("openclipart") == tmp_path / "notellm2-workbench" / "reproduce-openclipart"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert not default_workspace("openclipart").resolve().is_relative_to(REPO_ROOT)
+
+
+def test_cross_fitting_scores_each_half_with_the_weight_tuned_on_the_other():
+    from core.reproduce import cross_fitted
+
+    # Queries q0..q3 fall into halves {q0, q2} and {q1, q3}. On {q1, q3} weight 0.0 hits both (1.0 hits one);
+    # on {q0, q2} weight 1.0 hits both (0.0 hits none). So {q0, q2} is scored under 0.0, {q1, q3} under 1.0:
+    # each half gets the weight the *other* half preferred, never its own.
+    ranks = {0.0: {"q0": 50, "q1": 0, "q2": 50, "q3": 0}, 1.0: {"q0": 0, "q1": 0, "q2": 0, "q3": 50}}
+    results = {w: {"per_query": {"rank": r}} for w, r in ranks.items()}
+    merged, weights, folds = cross_fitted(results)
+    assert folds == [["q0", "q2"], ["q1", "q3"]] and weights == [0.0, 1.0]
+    assert merged["rank"] == {"q0": 50, "q2": 50, "q1": 0, "q3": 50}
+    # Equal recall on the tuning half: the weight nearest an even mix.
+    even = {w: {"per_query": {"rank": {"q0": 0, "q1": 0}}} for w in (0.0, 0.45, 1.0)}
+    assert cross_fitted(even)[1] == [0.45, 0.45]
+
+
+def test_training_health_comes_from_the_last_evaluation_event(tmp_path):
+    from core.reproduce import _last_training_health
+
+    rows = [{"step": 10, "event": "eval", "image_path": {"visual_loss": 3.4, "chance_loss": 3.43}},
+            {"step": 11, "loss": 1.0}, {"step": 20, "event": "eval", "image_path": {"visual_loss": 2.1,
+                                                                                     "chance_loss": 3.43}}]
+    (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
+    assert _last_training_health(tmp_path) == {"visual_loss": 2.1, "chance_loss": 3.43}
+    assert _last_training_health(tmp_path / "missing") == {}
