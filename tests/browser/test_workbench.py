@@ -55,6 +55,29 @@ def page(app):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+# What the app puts on the page when something failed: an error notice, an error toast, or the sentence
+# `app.backend.message` and the tabs' status lines start with.
+ERROR_SELECTORS = ".wb-notice.error, .toast-body.error"
+ERROR_MARKS = ("⚠️", "❌", "Something went wrong", "Traceback")
+
+
+def errors_shown(page) -> list[str]:
+    shown = [text for text in page.locator(ERROR_SELECTORS).all_inner_texts() if text.strip()]
+    body = page.locator("body").inner_text()
+    return shown + [line for line in body.splitlines() if any(mark in line for mark in ERROR_MARKS)]
+
+
+@pytest.fixture(autouse=True)
+def no_error_on_the_page(request):
+    """Every test fails when the page it leaves behind shows an error, even if what it waited for appeared."""
+    yield
+    if "page" in request.fixturenames:
+        page = request.getfixturevalue("page")
+        page.wait_for_timeout(300)  # an error toast or notice arriving with the last update
+        shown = errors_shown(page)
+        assert not shown, f"the page shows an error after {request.node.name}: {shown}"
+
+
 def shot(page, name):
     page.wait_for_timeout(400)  # let plots finish their transitions
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -135,7 +158,7 @@ def test_attention(page, app):
     page.locator("#saliency-btn").click()
     page.wait_for_selector("#attn-saliency .js-plotly-plot")
     page.locator("#heat-btn").click()
-    # the overlay, or core's error as a message in the page (see the report: image_attention on a fresh encoder)
+    # the overlay and its caption (an error would be a caption too: the autouse check fails the test then)
     page.wait_for_function("document.querySelector('#attn-heat-text').innerText.trim().length > 0")
     page.locator("#gate-btn").click()
     page.wait_for_selector("#attn-gates .js-plotly-plot")
