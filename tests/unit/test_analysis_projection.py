@@ -59,3 +59,23 @@ def test_small_sets_and_bad_input():
         aligned_projections(vectors(10), vectors(11))
     with pytest.raises(WorkbenchError):
         project(vectors(), method="tsne")
+
+
+def test_large_sets_are_fitted_on_a_sample_and_the_rest_placed_near_their_neighbours():
+    from core.analysis.projection import compute_projection, place_by_neighbours
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    labels = rng.integers(4, size=900)
+    vectors = (centres[labels] + rng.normal(size=(900, 16))).astype(np.float32)
+    coords = compute_projection(vectors, seed=0, n_epochs=60, fit_size=150)
+    assert coords.shape == (900, 2) and np.isfinite(coords).all()
+    rows = np.sort(np.random.default_rng(0).choice(900, 150, replace=False))
+    # The sample keeps the coordinates of its own fit.
+    assert np.allclose(coords[rows], compute_projection(vectors[rows], seed=0, n_epochs=60, fit_size=150))
+    # Every placed point lands among sample points of its own cluster.
+    placed = np.setdiff1d(np.arange(900), rows)
+    nearest = np.argmin(((coords[placed, None] - coords[rows][None]) ** 2).sum(-1), axis=1)
+    assert (labels[rows][nearest] == labels[placed]).mean() > 0.95
+    # A point equal to a sample point sits on it.
+    assert np.allclose(place_by_neighbours(vectors[rows], coords[rows], vectors[rows[:3]], k=1), coords[rows[:3]])
