@@ -210,7 +210,29 @@ def _saliency(workspace: Workspace, plan: ReproducePlan, variant: str, log) -> l
     rows = frame.to_dict(orient="records")
     for row in rows:
         row["batches_asked"] = plan.saliency_batches
-    return rows
+    used = pairs[: int(frame["n_batches"].iloc[0]) * batch_pairs]
+    return rows, batch_ratios(frame.attrs["per_batch"], frame.attrs["measures"], used)
+
+
+def batch_ratios(per_batch, measures, pairs) -> dict:
+    """Per batch, the layer-averaged S_v / S_t, S_visual / S_t and S_slot / S_t (None where not measured),
+    and a digest of the pairs the batches were made of: two variants' batches pair up only over the same
+    pairs."""
+    import hashlib
+    import warnings
+
+    import numpy as np
+
+    values = np.array(per_batch, dtype=float)  # batches x layers x measures
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no slot in `basic`) stay NaN
+        means = np.nanmean(values, axis=1)  # batches x measures
+        column = {name: i for i, name in enumerate(measures)}
+        ratios = {name: means[:, column[name]] / means[:, column["S_t"]] for name in ("S_v", "S_visual", "S_slot")}
+    out = {"pairs_digest": hashlib.sha1(json.dumps([list(p) for p in pairs]).encode()).hexdigest()[:16]}
+    for name, ratio in ratios.items():
+        out[f"{name}/S_t"] = [float(r) if np.isfinite(r) else None for r in ratio]
+    return out
 
 
 def _saliency_reusable(rows) -> bool:
@@ -448,14 +470,20 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     if not extras["image_path"]:
         extras.pop("image_path")
     earlier_saliency = _load_json(folder / "saliency.json")
+    earlier_batches = _load_json(folder / "saliency_batches.json")
     # Saliency is the slowest analysis; a rerun over the same finished runs reuses what it measured.
-    saliency = {}
+    saliency, saliency_batches = {}, {}
     for variant in plan.saliency_variants:
         if variant not in plan.variants:
             continue
         rows = earlier_saliency.get(variant)
-        reuse = _saliency_reusable(rows) and rows[0]["batches_asked"] == plan.saliency_batches
-        saliency[variant] = rows if reuse else _saliency(workspace, plan, variant, log)
+        reuse = (_saliency_reusable(rows) and rows[0]["batches_asked"] == plan.saliency_batches
+                 and variant in earlier_batches)
+        if reuse:
+            saliency[variant], saliency_batches[variant] = rows, earlier_batches[variant]
+        else:
+            saliency[variant], saliency_batches[variant] = _saliency(workspace, plan, variant, log)
+    (folder / "saliency_batches.json").write_text(json.dumps(saliency_batches, indent=1))
     per_query_file = _split_per_query(per_query)
     (folder / "per_query.json").write_text(json.dumps(per_query_file))
     _write_json(plan, ablation, saliency, started, passes, workspace, extras)
@@ -475,6 +503,7 @@ def _condition(plan: ReproducePlan, workspace: Workspace, passes: list[dict] | N
     return {"dataset": plan.train_dataset, "ablation": ablation_file["results"],
             "per_query": _load_json(plan.condition_dir / "per_query.json"),
             "saliency": _load_json(plan.condition_dir / "saliency.json") or None,
+            "saliency_batches": _load_json(plan.condition_dir / "saliency_batches.json") or None,
             "image_path": ablation_file.get("image_path"), "headroom": ablation_file.get("headroom"),
             "passes": passes if passes is not None else ablation_file.get("passes", []),
             "runs": [r for r in runs if r], "plan": ablation_file.get("plan", {})}

@@ -74,10 +74,12 @@ def seed_hits(per_query: dict, variant: str, modality: str, split: str = "all", 
     return out or None
 
 
-def paired_comparisons(per_query: dict, comparisons=COMPARISONS, splits=SPLITS, k: int = MAIN_K) -> list[dict]:
+def paired_comparisons(per_query: dict, comparisons=COMPARISONS, splits=SPLITS, k: int = MAIN_K,
+                       adjust: bool = True) -> list[dict]:
     """Every comparison whose two sides were evaluated, on every split with queries: rows with the paired
-    difference of Recall@k (a - b), its 95% bootstrap interval, the raw and Holm-adjusted p and a verdict."""
-    from core.stats import compare_paired, holm
+    difference of Recall@k (a - b), its 95% bootstrap interval, the raw and (with `adjust`) Holm-adjusted p
+    and a verdict."""
+    from core.stats import compare_paired
 
     rows = []
     for claim, a, b, label in comparisons:
@@ -86,7 +88,42 @@ def paired_comparisons(per_query: dict, comparisons=COMPARISONS, splits=SPLITS, 
             if not hits_a or not hits_b or not hits_a[0]:
                 continue
             result = compare_paired(hits_a, hits_b)
-            rows.append({"claim": claim, "a": a, "b": b, "label": label, "split": split, **result.as_dict()})
+            rows.append({"claim": claim, "a": a, "b": b, "label": label, "split": split, "measure": "Recall@10",
+                         **result.as_dict()})
+    return holm_verdicts(rows) if adjust else rows
+
+
+SALIENCY_COMPARISONS = (("micl", "basic"), ("micl+late", "basic"))
+SALIENCY_MEASURES = ("S_v/S_t", "S_visual/S_t")
+
+
+def saliency_comparisons(saliency_batches: dict | None) -> list[dict]:
+    """mICL variants vs `basic` on the layer-averaged S_v / S_t and S_visual / S_t, paired over batches of the
+    same test pairs (sign-flip permutation; batches where either side is unmeasured are left out). Variants
+    whose batches were made of different pairs are not compared."""
+    from core.stats import compare_paired
+
+    rows = []
+    for a, b in SALIENCY_COMPARISONS:
+        side_a, side_b = (saliency_batches or {}).get(a), (saliency_batches or {}).get(b)
+        if not side_a or not side_b or side_a.get("pairs_digest") != side_b.get("pairs_digest"):
+            continue
+        for measure in SALIENCY_MEASURES:
+            values_a, values_b = side_a.get(measure) or [], side_b.get(measure) or []
+            kept = [i for i in range(min(len(values_a), len(values_b)))
+                    if values_a[i] is not None and values_b[i] is not None]
+            if len(kept) < 2:
+                continue
+            result = compare_paired({f"b{i}": values_a[i] for i in kept}, {f"b{i}": values_b[i] for i in kept})
+            rows.append({"claim": "1", "a": (a, "both"), "b": (b, "both"), "label": f"`{a}` vs `{b}`",
+                         "split": "batches", "measure": measure, **result.as_dict()})
+    return rows
+
+
+def holm_verdicts(rows: list[dict]) -> list[dict]:
+    """Holm-adjusted p over all rows (one family) and each row's verdict."""
+    from core.stats import holm
+
     for row, adjusted in zip(rows, holm([row["p_value"] for row in rows]) if rows else []):
         row["p_holm"] = adjusted
         row["verdict"] = ("no difference shown" if adjusted >= ALPHA
@@ -113,8 +150,12 @@ def _by_split(rows, a, b) -> str:
     return ("; by split: " + ", ".join(parts)) if parts else ""
 
 
-def _claims(ablation: dict, per_query: dict, image_path: dict | None = None) -> tuple[list[str], list[dict]]:
-    rows = paired_comparisons(per_query)
+def _claims(ablation: dict, per_query: dict, image_path: dict | None = None,
+            saliency_batches: dict | None = None) -> tuple[list[str], list[dict]]:
+    recall_rows = paired_comparisons(per_query, adjust=False)
+    salience_rows = saliency_comparisons(saliency_batches)
+    holm_verdicts(recall_rows + salience_rows)  # one family: every test this report makes
+    rows = recall_rows
     lines = []
     removed_image = _find(rows, ("basic", "both"), ("basic", "text"))
     removed_text = _find(rows, ("basic", "both"), ("basic", "image"))
@@ -143,6 +184,22 @@ def _claims(ablation: dict, per_query: dict, image_path: dict | None = None) -> 
             text += (" Image-path health was not measured, so this cannot tell neglect from an image path that "
                      "never carried the picture.")
         lines.append(text)
+    for a, b in SALIENCY_COMPARISONS:
+        found = {row["measure"]: row for row in salience_rows if row["a"][0] == a and row["b"][0] == b}
+        if "S_v/S_t" not in found or "S_visual/S_t" not in found:
+            continue
+        span, visual = found["S_v/S_t"], found["S_visual/S_t"]
+        if visual["verdict"] == "higher":
+            verdict = "the visual tokens themselves get more of the final token's saliency."
+        elif span["verdict"] == "higher":
+            verdict = ("the rise over the image span comes from the slot and its instruction, not from the visual "
+                       "tokens.")
+        else:
+            verdict = "no rise is shown."
+        lines.append(f"1. Saliency, `{a}` vs `{b}` (paired over {visual['queries']} batches of the same test pairs, "
+                     f"layer-averaged): S_v / S_t {span['difference']:+.3f} (Holm p {_p(span['p_holm'])}), visual "
+                     f"tokens alone S_visual / S_t {visual['difference']:+.3f} (Holm p {_p(visual['p_holm'])}): "
+                     + verdict)
     for variant in ("micl", "late", "basic+late", "micl+late"):
         row = _find(rows, (variant, "both"), ("basic", "both"))
         if row:
@@ -174,27 +231,32 @@ def _claims(ablation: dict, per_query: dict, image_path: dict | None = None) -> 
                        "no difference shown": "not shown to differ from"}[row["verdict"]]
             lines.append(f"4. `micl+late` vs {what} `{other}`: {verdict} it, {_said(row)}"
                          + _by_split(rows, ("micl+late", "both"), (other, "both")) + ".")
-    if rows:
+    if rows or salience_rows:
         splits = len({row["split"] for row in rows})
+        pairs = len({(row["a"], row["b"]) for row in rows})
         lines.append("")
-        lines.append(f"{len(rows)} paired comparisons were made ({len(rows) // max(splits, 1) if splits else 0} "
-                     f"variant pairs on up to {splits} query sets: all queries and the short/long splits); every p "
-                     "is Holm-adjusted over all of them. Recall@10 hits are per query; a variant with several seeds "
-                     "contributes each query's hit averaged over its seeds. p: exact McNemar (one seed each side) "
-                     "or sign-flip permutation (seed averages); intervals: paired bootstrap over queries.")
-    return lines, rows
+        lines.append(f"{len(rows) + len(salience_rows)} paired comparisons were made ({len(rows)} of Recall@10: "
+                     f"{pairs} variant pairs on up to {splits} query sets, all queries and the short/long splits; "
+                     f"{len(salience_rows)} of saliency, paired over batches); every p is Holm-adjusted over all of "
+                     "them. Recall@10 hits are per query; a variant with several seeds contributes each query's hit "
+                     "averaged over its seeds. p: exact McNemar (one seed each side) or sign-flip permutation (seed "
+                     "averages, saliency); intervals: paired bootstrap.")
+    return lines, rows + salience_rows
 
 
 def _comparison_table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["| claim | comparison (a − b) | queries | split | Δ Recall@10 | 95% CI | p | Holm p | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | comparison (a − b) | measure | n | split | Δ | 95% CI | p | Holm p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         a, b = row["a"], row["b"]
         label = f"`{a[0]}` {a[1]} − `{b[0]}` {b[1]}"
-        lines.append(f"| {row['claim']} | {label} | {row['queries']} | {SPLIT_NAMES[row['split']]} | "
-                     f"{100 * row['difference']:+.1f} | {100 * row['ci_low']:+.1f} to {100 * row['ci_high']:+.1f} | "
+        recall = row.get("measure", "Recall@10") == "Recall@10"
+        scale, digits = (100, 1) if recall else (1, 3)
+        lines.append(f"| {row['claim']} | {label} | {row.get('measure', 'Recall@10')} | {row['queries']} | "
+                     f"{SPLIT_NAMES.get(row['split'], row['split'])} | {scale * row['difference']:+.{digits}f} | "
+                     f"{scale * row['ci_low']:+.{digits}f} to {scale * row['ci_high']:+.{digits}f} | "
                      f"{_p(row['p_value'])} | {_p(row['p_holm'])} | {row['verdict']} |")
     return lines
 
@@ -364,7 +426,8 @@ def _headroom_lines(headroom: dict | None) -> list[str]:
 
 def _condition_lines(condition: dict, heading: str) -> tuple[list[str], list[dict]]:
     ablation = condition["ablation"]
-    claims, rows = _claims(ablation, condition.get("per_query") or {}, condition.get("image_path"))
+    claims, rows = _claims(ablation, condition.get("per_query") or {}, condition.get("image_path"),
+                           condition.get("saliency_batches"))
     lines = [f"## {heading}: claims", "", _pool_line(ablation), "", *claims, "",
              f"### {heading}: Recall@10 / @50 / @100 and category hit@10, all test pairs", "",
              "| variant | both | text only | image only | R@50 both | R@100 both | category hit@10 both |",

@@ -196,5 +196,8 @@ def saliency_by_layer(model, pairs_of_notes: Sequence[tuple[Note, Note]], batch_
     mean = _nanmean_rows(np.stack(per_batch)) if len(per_batch) > 1 else per_batch[0]
     frame = pd.DataFrame({"layer": np.arange(mean.shape[0]),
                           **{name: mean[:, i] for i, name in enumerate(MEASURES)}, "n_batches": len(chunks)})
-    frame.attrs.update(multiplier=multiplier, mask_image_tokens=mask_image_tokens, variant=getattr(model, "variant", None))
+    # Per batch as well (batches x layers x measures, as lists): batches of the same pairs under two variants
+    # are paired observations, so a difference in saliency can be tested like a difference in recall.
+    frame.attrs.update(multiplier=multiplier, mask_image_tokens=mask_image_tokens, variant=getattr(model, "variant", None),
+                       measures=list(MEASURES), per_batch=np.stack(per_batch).tolist())
     return frame

@@ -106,6 +106,9 @@ def test_visual_token_saliency_leaves_out_the_slot_and_its_instruction():
 def test_saliency_frames_split_the_span_into_visual_tokens_and_slot(variant):
     frame = saliency_by_layer(tiny_model(variant), sample_pairs(4), batch_pairs=2)
     assert np.isfinite(frame.S_visual).all() and (frame.S_visual > 0).all()
+    per_batch = np.array(frame.attrs["per_batch"], dtype=float)  # batches x layers x measures
+    assert per_batch.shape == (2, len(frame), 5) and frame.attrs["measures"][3] == "S_visual"
+    assert np.allclose(per_batch[:, :, 3].mean(0), frame.S_visual)
     if variant == "micl":
         assert np.isfinite(frame.S_slot).all()
         # S_v over the whole span lies between its two parts' means.

@@ -204,3 +204,24 @@ def test_a_rerun_remembers_the_pass_that_trained_the_runs(tmp_path):
 
     other = ReproducePlan(dataset="toy", steps=50, variants=("basic",), main_seeds=(0,), results_dir=plan.results_dir)
     assert _earlier_passes(other, workspace) == []  # another budget is another table
+
+
+def test_saliency_rise_is_tested_over_paired_batches_and_told_apart_from_the_slot():
+    basic = [1] * 40 + [0] * 60
+    per_query = _per_query({"basic": {"both": [basic], "text": [basic], "image": [[0] * 100]}})
+    ablation = _ablation({"basic": [(0.40, 0.40, 0.0)]})
+    noise = [0.001 * (-1) ** i for i in range(10)]
+    batches = {"basic": {"pairs_digest": "same", "S_v/S_t": [0.05 + n for n in noise],
+                         "S_visual/S_t": [0.05 + n for n in noise]},
+               # micl: the span's ratio rises by 0.3 in every batch, its visual tokens' ratio does not move.
+               "micl": {"pairs_digest": "same", "S_v/S_t": [0.35 + n for n in noise],
+                        "S_visual/S_t": [0.05 - n for n in noise]}}
+    lines, rows = _claims(ablation, per_query, None, batches)
+    text = "\n".join(lines)
+    span = next(r for r in rows if r.get("measure") == "S_v/S_t")
+    assert span["difference"] == pytest.approx(0.30) and span["p_value"] == pytest.approx(2 / 2 ** 10)
+    assert "the rise over the image span comes from the slot and its instruction, not from the visual tokens" in text
+    assert "4 paired comparisons were made (2 of Recall@10" in text and "2 of saliency" in text
+    # Batches of different pairs do not pair up.
+    batches["micl"]["pairs_digest"] = "other"
+    assert not [r for r in _claims(ablation, per_query, None, batches)[1] if r.get("measure") != "Recall@10"]

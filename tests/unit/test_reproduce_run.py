@@ -107,3 +107,16 @@ def test_training_health_comes_from_the_last_evaluation_event(tmp_path):
     (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
     assert _last_training_health(tmp_path) == {"visual_loss": 2.1, "chance_loss": 3.43}
     assert _last_training_health(tmp_path / "missing") == {}
+
+
+def test_batch_ratios_average_layers_then_divide():
+    from core.reproduce import batch_ratios
+
+    nan = float("nan")
+    # One batch, two layers; measures S_v, S_t, S_o, S_visual, S_slot.
+    per_batch = [[[0.2, 1.0, 0.1, 0.1, nan], [0.4, 3.0, 0.1, 0.3, nan]]]
+    out = batch_ratios(per_batch, ["S_v", "S_t", "S_o", "S_visual", "S_slot"], [("a", "b"), ("c", "d")])
+    assert out["S_v/S_t"] == [pytest.approx(0.3 / 2.0)] and out["S_visual/S_t"] == [pytest.approx(0.2 / 2.0)]
+    assert out["S_slot/S_t"] == [None]
+    assert out["pairs_digest"] != batch_ratios(per_batch, ["S_v", "S_t", "S_o", "S_visual", "S_slot"],
+                                               [("a", "b")])["pairs_digest"]
