@@ -169,11 +169,15 @@ def evaluate_vectors(vectors: dict[str, np.ndarray] | tuple[list[str], np.ndarra
 
     category_ranks = None
     if categories is not None:
-        pool_categories = np.array([categories.get(n) or "" for n in pool_ids], dtype=object)
-        query_categories = [categories.get(q) or "" for q, _ in queries]
-        with_category = np.array([bool(c) for c in query_categories])
-        members = np.stack([(pool_categories == c) if c else np.zeros(len(pool_ids), dtype=bool)
-                            for c in query_categories])
+        # Categories as integer codes (pool notes without one: -1, queries without a pool match: -2, which
+        # nothing equals), so membership is one vectorised comparison.
+        codes: dict[str, int] = {}
+        pool_codes = np.array([codes.setdefault(categories.get(n) or "", len(codes)) if categories.get(n) else -1
+                               for n in pool_ids])
+        query_codes = np.array([codes.get(categories.get(q) or "", -2) if categories.get(q) else -2
+                                for q, _ in queries])
+        with_category = np.array([bool(categories.get(q)) for q, _ in queries])
+        members = query_codes[:, None] == pool_codes[None, :]
         category_ranks = best_member_ranks(scores, priority, members)
         per_query["category_rank"] = {q: (int(r) if r >= 0 else None) for (q, _), r, has
                                       in zip(queries, category_ranks, with_category) if has}
