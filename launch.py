@@ -198,7 +198,9 @@ def serve(workspace=None, host=None, port=7860, share=False, auth=None, block=Tr
     demo.delete_cache = UPLOAD_CACHE  # uploads (and generated files) do not pile up in the temp folder
     middleware = [Middleware(HostCheck, allowed=policy["allowed_hosts"])] if policy["allowed_hosts"] else []
     demo.launch(server_name=policy["host"], server_port=port, share=share, auth=login,
-                prevent_thread_lock=not block, show_error=True, footer_links=["api", "gradio"],
+                # show_error=False: an unexpected exception's text could quote user input, and Gradio renders
+                # error toasts as HTML; the tabs report expected errors themselves, escaped.
+                prevent_thread_lock=not block, show_error=False, footer_links=["api", "gradio"],
                 max_file_size=f"{int(max_upload_mb)}mb", app_kwargs={"middleware": middleware},
                 allowed_paths=[str(backend.workspace.images_dir)], **launch_kwargs())
     return demo, backend
