@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only SECTION,...]`: every benchmark of issue 7; prints a table and writes
-bench/results.json. Sections: matmul, encode, latency, train, search, umap, memory, app.
+"""`python -m bench [--quick] [--only SECTION,...]`: every benchmark; prints a table and writes
+bench/results.json. Sections: matmul, encode, latency, train, search, query_warm, umap, memory, app.
 See bench/README.md for what each figure means and how FLOPs are counted."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from bench.common import cpu_pressure, fmt, machine  # noqa: E402
 
-SECTIONS = ("matmul", "encode", "latency", "train", "search", "umap", "memory", "app")
+SECTIONS = ("matmul", "encode", "latency", "train", "search", "query_warm", "umap", "memory", "app")
 TARGETS = {  # name: (value key, comparison, threshold, text)
     "encode_mfu": ("encode_mfu", ">=", 0.5, "encode MFU (batch >= 16) >= 50% of bf16 peak"),
     "encode_vs_peer": ("encode_mfu", ">", "peer_mfu", "encode MFU beats the peer's"),
@@ -82,6 +82,10 @@ def main(argv=None) -> int:
         from bench import search
 
         section("search", lambda: search.run(args.quick))
+    if "query_warm" in only:
+        from bench import query_warm
+
+        section("query_warm", query_warm.run)
     if "umap" in only:
         from bench import projection
 
@@ -134,6 +138,7 @@ def _headline(results: dict) -> None:
         "train_notes_per_s": results.get("train", {}).get("notes_per_s"),
         "query_latency_s": results.get("latency", {}).get("query_latency_s"),
         "search_p50_ms_100k": results.get("search", {}).get("search_p50_ms_100k"),
+        "query_warm_ms_20k": results.get("query_warm", {}).get("query_warm_ms_20k"),
         "peak_bf16_tflops": results.get("matmul", {}).get("peak_bf16_tflops"),
         "peak_fp32_tflops": results.get("matmul", {}).get("peak_fp32_tflops"),
     }

@@ -1,5 +1,7 @@
 """The Workbench, the one door the app and the CLI use: typed answers, warm queries from memory, the
 evaluation split of a run, and vectors that follow the encoder's weights."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -107,10 +109,11 @@ def test_jobs_are_typed_and_delete_refuses_a_busy_dataset(tmp_path):
     root.mkdir()
     import_learnable(root, "doomed")
     wb = Workbench(root)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")  # queued just now: its worker is still starting
     with jobs._db(wb.workspace) as db:
         db["jobs"].insert({"job_id": "j1", "kind": "train", "run": "r1", "dataset": "doomed", "state": "queued",
                            "step": 0, "total": 1, "message": "", "pid": None, "pid_start": None, "log_path": "",
-                           "argv": "[]", "cancel_requested": 0, "created_at": "", "updated_at": ""})
+                           "argv": "[]", "cancel_requested": 0, "created_at": now, "updated_at": now})
     job = wb.job("j1")
     assert job.state is JobState.QUEUED and job.active and wb.latest_job() == job
     with pytest.raises(WorkbenchError, match="in use by train job j1"):
