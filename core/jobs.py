@@ -48,10 +48,11 @@ QUEUED_GRACE_S = 120  # a claim whose worker never started (its spawner died) st
 
 
 def _age_s(row: dict) -> float:
+    """Seconds since the row was created; 0 when it has no readable time (kept, as before claims expired)."""
     try:
         return time.time() - time.mktime(time.strptime(row.get("created_at") or "", "%Y-%m-%dT%H:%M:%S"))
     except (ValueError, OverflowError):
-        return float("inf")
+        return 0.0
 
 
 def max_jobs() -> int:
