@@ -58,13 +58,18 @@ def compose_note(title, content, topics, image):
 def composed_image(image):
     """An uploaded query image decoded through core's capped opener and shrunk as an import would: a bomb
     is refused with a sentence, and no full-size copy stays in memory."""
+    import os
+
     from PIL import Image
 
     from core.data.images import ImageLimits, ImageProblem, decode_image
     from core.errors import WorkbenchError
 
-    side = ImageLimits().max_side
+    limits = ImageLimits()
+    side = limits.max_side
     try:
+        if isinstance(image, (str, os.PathLike)) and os.path.getsize(image) > limits.max_bytes:
+            raise ImageProblem(f"image is {os.path.getsize(image):,} bytes, over the limit of {limits.max_bytes:,}")
         picture = decode_image(image, draft_side=side)
     except ImageProblem as problem:
         raise WorkbenchError(f"the query image cannot be used: {problem}") from None

@@ -14,7 +14,6 @@ Safety first, since uploads come from anywhere:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -132,18 +131,6 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.point(lambda v: v / 256).convert("L")
     return image.convert("RGB")
-
-
-def store_image(images_dir: Path, data: bytes, extension: str) -> tuple[str, bool]:
-    """Write normalised bytes under their sha256; returns (file name, whether this call created it)."""
-    name = f"{hashlib.sha256(data).hexdigest()}.{extension}"
-    target = images_dir / name
-    if target.exists():
-        return name, False
-    tmp = images_dir / f".{name}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return name, True
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

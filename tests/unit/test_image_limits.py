@@ -77,3 +77,16 @@ def test_app_thumbnail_and_composed_query_refuse_the_bomb(bomb):
     ok = Image.new("RGB", (2_000, 1_000), (0, 128, 0))
     note = compose_note("t", "", "", ok)
     assert max(note.image.size) == 512
+
+
+def test_a_composed_query_image_over_the_byte_limit_is_refused(tmp_path):
+    pytest.importorskip("gradio")
+    from app.tabs.common import compose_note
+    from core.errors import WorkbenchError
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (8, 8)).save(big)
+    with open(big, "ab") as out:
+        out.write(b"\0" * (21 * 1024 * 1024))  # trailing bytes: a valid header, a 21 MB file
+    with pytest.raises(WorkbenchError, match="over the limit"):
+        compose_note("t", "", "", str(big))
