@@ -8,12 +8,10 @@ of a workspace, so every tab lists them like any run trained there.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from core.errors import WorkbenchError
@@ -22,44 +20,17 @@ from core.workspace import REPO_ROOT, Workspace
 
 CHECKPOINTS_DIR = REPO_ROOT / "assets" / "checkpoints"
 DEMO_DATASET = "sample"
-SHIPPED_FILES = (CONFIG_FILE, WEIGHTS_FILE, "run.json", "events.jsonl", "eval.json")
 
 
 def demo_run_name(variant: str) -> str:
     return "demo-" + variant.replace("+", "-")
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def install_checkpoints(workspace, directory: str | Path = CHECKPOINTS_DIR) -> list[str]:
-    """Copy every shipped checkpoint under `directory` into the workspace as a finished run; returns the run
-    names. Idempotent: a run whose weights already match is left alone; a run of the same name trained
-    locally (different weights) is never overwritten."""
-    workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
-    directory = Path(directory)
-    installed = []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
-        if not all((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, "run.json")):
-            continue
-        info = json.loads((folder / "run.json").read_text())
-        run = info["run"]
-        target = workspace.run_dir(run)
-        marker = target / "shipped.json"
-        digest = _digest(folder / WEIGHTS_FILE)
-        if target.exists():
-            if marker.exists() and json.loads(marker.read_text()).get("weights_sha256") == digest:
-                installed.append(run)
-            continue
-        staging = Path(tempfile.mkdtemp(dir=workspace.runs_dir, prefix=f".{run}-"))
-        for name in SHIPPED_FILES:
-            if (folder / name).exists():
-                shutil.copy2(folder / name, staging / name)
-        (staging / "shipped.json").write_text(json.dumps({"source": str(folder), "weights_sha256": digest}))
-        staging.rename(target)  # atomic: a half-copied run is never listed
-        installed.append(run)
-    return installed
+    """Every shipped checkpoint under `directory` as a finished run of the workspace (the run store does it)."""
+    from core.runs import RunStore
+
+    return RunStore(workspace).install_shipped(directory)
 
 
 def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None,

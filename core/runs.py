@@ -94,14 +94,22 @@ class RunStore:
     def exists(self, run: str) -> bool:
         return (self.folder(run) / RUN_FILE).is_file()
 
+    def existing(self, run: str) -> Path:
+        """The folder of a run that exists, through the workspace's one resolver (a name that is a path,
+        a link or a zero-shot baseline is refused with a message that names no path)."""
+        folder = self.workspace.resolve_variant(run)
+        if isinstance(folder, str):
+            raise WorkbenchError(f"'{run}' is a zero-shot baseline, not a trained run")
+        return folder
+
     # ------------------------------------------------------------------------------------ reading
     def read(self, run: str) -> dict:
         """run.json as a dict; a clear error when the run is unknown or its file unreadable."""
-        path = self.folder(run) / RUN_FILE
+        path = self.existing(run) / RUN_FILE
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            raise WorkbenchError(f"unknown run '{run}' (no readable {path})") from None
+            raise WorkbenchError(f"unknown run '{run}' (it has no readable run.json)") from None
 
     def get(self, run: str) -> RunRecord:
         return RunRecord.from_info(self.read(run), self.weights(run).exists())
@@ -122,10 +130,7 @@ class RunStore:
 
     def events(self, run: str) -> list[dict]:
         """events.jsonl rows (a line cut by a crash is skipped)."""
-        folder = self.folder(run)
-        if not folder.exists():
-            raise WorkbenchError(f"unknown run '{run}'")
-        path = folder / EVENTS_FILE
+        path = self.existing(run) / EVENTS_FILE
         if not path.exists():
             return []
         rows = []

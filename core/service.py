@@ -18,6 +18,7 @@ import numpy as np
 from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION, load_zero_shot
 from core.data.schema import Note
 from core.errors import WorkbenchError
+from core.runs import RunStore
 from core.workspace import Workspace, check_dataset_name, check_run_name
 
 Progress = Callable[[int, int], None]
@@ -44,13 +45,9 @@ def _check_modality(modality: str) -> None:
 
 # --------------------------------------------------------------------------------------------- runs
 def run_info(workspace, run: str) -> dict:
-    folder = _run_folder(workspace, run)
-    try:
-        info = json.loads((folder / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise WorkbenchError(f"unknown run '{run}' (it has no run.json)") from None
-    info["has_weights"] = (folder / "model.safetensors").exists()
-    return info
+    """run.json of a run (read by the run store) with `has_weights`."""
+    record = RunStore(_ws(workspace)).get(run)
+    return {**record.info, "has_weights": record.has_weights}
 
 
 def _run_folder(workspace, name: str):
@@ -62,14 +59,7 @@ def _run_folder(workspace, name: str):
 
 
 def list_runs(workspace) -> list[dict]:
-    runs = []
-    for folder in sorted(_ws(workspace).runs_dir.iterdir()) if _ws(workspace).runs_dir.exists() else []:
-        if (folder / "run.json").exists():
-            try:
-                runs.append(run_info(workspace, folder.name))
-            except WorkbenchError:
-                continue
-    return runs
+    return [{**record.info, "has_weights": record.has_weights} for record in RunStore(_ws(workspace)).all_runs()]
 
 
 def encoder_fingerprint(workspace, name: str) -> str:
@@ -390,13 +380,9 @@ def delete_dataset(workspace, name: str, confirm: str | None = None) -> None:
 
 
 def run_events(workspace, run: str) -> list[dict]:
-    from core.train.trainer import read_events
-
-    return read_events(_run_folder(workspace, run))
+    return RunStore(_ws(workspace)).events(run)
 
 
 def install_checkpoints(workspace, directory=None) -> list[str]:
     """Shipped demo checkpoints (assets/checkpoints/<variant>/) as finished runs of the workspace."""
-    from core.demo import CHECKPOINTS_DIR, install_checkpoints as install
-
-    return install(_ws(workspace), directory or CHECKPOINTS_DIR)
+    return RunStore(_ws(workspace)).install_shipped(directory)

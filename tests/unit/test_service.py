@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from core import service
+from core.baselines import ZERO_SHOT
 from core.data.schema import Note
 from core.train.trainer import train
 from tests.unit.engine_fixtures import import_learnable
@@ -20,7 +21,7 @@ def workspace(tmp_path_factory):
 
 def test_variants_list_runs_first_then_zero_shot(workspace):
     names = [row["name"] for row in service.list_variants(workspace, "toy")]
-    assert names == ["tiny-run", "zs-text", "zs-image", "zs-concat", "zs-llm"]
+    assert names == ["tiny-run", *ZERO_SHOT]
     assert service.list_variants(workspace, "other")[0]["kind"] == "zero-shot"
 
 
