@@ -115,3 +115,128 @@ class VectorCache:
         elif progress is not None:
             progress(len(notes), len(notes))
         return matrix[[index[key] for key in keys]] if keys else np.zeros((0, 0), np.float32)
+
+
+# ------------------------------------------------------------------------------ spread over processes
+# Notes still to encode are cut into shards of this many (in store order); each shard is one `encode` call, so
+# its length-sorted batches are the same whichever process encodes it and however many there are: the vectors
+# of N processes are those of one, bit for bit, on the same kind of device.
+SHARD_NOTES = 1024
+
+
+def distributed_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the environment torchrun / accelerate launch set; (0, 1, 0) alone."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+class ProcessGroup:
+    """torch.distributed's default group for a sharded encode: gloo on CPU, NCCL with one GPU per local rank.
+    Destroyed on exit, since a group left open makes the processes abort at interpreter shutdown."""
+
+    def __init__(self):
+        self.rank, self.world, self.local_rank = distributed_world()
+        self.started = False
+
+    def __enter__(self) -> "ProcessGroup":
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)  # "cuda" then means this rank's own GPU
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self.started = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def agree(self, value):
+        """Rank 0's `value` on every rank."""
+        if not self.started:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def fill_cache_sharded(cache: VectorCache, notes: Sequence[Note],
+                       encode: Callable[[list[Note], Progress | None], np.ndarray], group: ProcessGroup | None = None,
+                       shard_notes: int = SHARD_NOTES, progress: Progress | None = None) -> np.ndarray | None:
+    """Encode the notes `cache` lacks, shard i on rank i mod world, and assemble the vector file once.
+
+    Each rank writes its shards to a part file beside the cache; after a barrier rank 0 appends all of them in
+    store order to the cache with VectorCache.save (atomic replace) and removes the parts; after a second
+    barrier every rank may read the file. Returns the vectors of `notes` on rank 0, None elsewhere. Alone
+    (no group, or a world of one) the same shards run in one process."""
+    group = group or ProcessGroup()
+    rank, world = (group.rank, group.world) if group.started else (0, 1)
+    index, _, _ = cache.load()
+    hashes = [note_hash(note, cache.modality) for note in notes]
+    keys = [f"{note.note_id}\0{h}" for note, h in zip(notes, hashes)]
+    missing = [i for i, key in enumerate(keys) if key not in index]
+    shards = [missing[start:start + shard_notes] for start in range(0, len(missing), max(1, shard_notes))]
+    mine = shards[rank::world]
+    # A name no other encode shares: rank 0's random tag, broadcast.
+    tag = group.agree(os.urandom(6).hex())
+    part = cache.folder / f".{cache.modality}.{tag}.part{rank}of{world}.npz"
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    rows, vectors, done, total = [], [], 0, sum(len(s) for s in mine)
+    for shard in mine:
+        vectors.append(np.asarray(encode([notes[i] for i in shard], None), dtype=np.float32))
+        rows.extend(shard)
+        done += len(shard)
+        if progress is not None:
+            progress(done, total)
+    if progress is not None and not total:
+        progress(0, 0)
+    staging = part.with_name(part.name + ".tmp.npz")
+    np.savez(staging, rows=np.asarray(rows, dtype=np.int64),
+             vectors=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
+    os.replace(staging, part)
+    group.barrier()
+    result = None
+    if rank == 0:
+        try:
+            result = _assemble(cache, notes, hashes, keys, missing, [
+                cache.folder / f".{cache.modality}.{tag}.part{r}of{world}.npz" for r in range(world)])
+        finally:
+            for r in range(world):
+                (cache.folder / f".{cache.modality}.{tag}.part{r}of{world}.npz").unlink(missing_ok=True)
+    group.barrier()
+    return result
+
+
+def _assemble(cache: VectorCache, notes, hashes, keys, missing, parts) -> np.ndarray:
+    rows, vectors = [], []
+    for path in parts:
+        with np.load(path) as data:
+            if len(data["rows"]):
+                rows.append(data["rows"])
+                vectors.append(data["vectors"])
+    index, _, matrix = cache.load()
+    if missing:
+        old_ids, old_hashes = [], []
+        if matrix is not None:
+            meta = json.loads(cache.meta_path.read_text())
+            old_ids, old_hashes = meta["ids"], meta["hashes"]
+        rows = np.concatenate(rows)
+        if not np.array_equal(np.sort(rows), np.asarray(missing)):
+            raise RuntimeError("the encoded shards do not cover the missing notes exactly")
+        block = np.concatenate(vectors)[np.argsort(rows)]  # `missing` is in ascending store order
+        matrix = block if matrix is None else np.concatenate([matrix, block])
+        cache.save(old_ids + [notes[i].note_id for i in missing], old_hashes + [hashes[i] for i in missing], matrix)
+        for offset, i in enumerate(missing):
+            index[keys[i]] = len(old_ids) + offset
+    return matrix[[index[key] for key in keys]] if keys else np.zeros((0, 0), np.float32)

@@ -56,9 +56,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("encode", help="encode a dataset with a run or zero-shot baseline (cached)")
-    p.add_argument("--run", required=True, help="run name or zs-text, zs-image, zs-concat, zs-llm")
+    # --run-name is the same option: under torchrun, `--run` is refused as an ambiguous prefix of its --run-path.
+    p.add_argument("--run", "--run-name", dest="run", required=True, help="run name or zs-text, zs-image, zs-concat, zs-llm")
     p.add_argument("--dataset", required=True)
     p.add_argument("--modality", default="both", choices=("both", "image", "text"))
+    p.add_argument("--shard-notes", type=int, default=None, help="notes per shard (default 1024); under torchrun "
+                   "or accelerate launch each process encodes every world-size-th shard")
     p.add_argument("--job", help=argparse_hidden())
     add_workspace_argument(p)
     p.set_defaults(func=cmd_encode)
@@ -151,27 +154,42 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from core import service
+    """Fill the dataset's vector cache, in shards; under torchrun every process takes its share of the shards
+    and rank 0 assembles the file (core.encode.fill_cache_sharded), so one process and many give the same file."""
+    from core.encode import SHARD_NOTES, ProcessGroup, VectorCache, fill_cache_sharded
     from core.jobs import JobReporter
+    from core.workbench import Workbench
 
-    reporter = JobReporter(args.workspace, args.job)
-    bar = _tqdm_progress(f"encode {args.dataset} with {args.run}")
+    shard_notes = args.shard_notes or SHARD_NOTES
+    if shard_notes < 1:
+        raise WorkbenchError("--shard-notes must be positive")
+    with ProcessGroup() as group:
+        lead = group.rank == 0
+        reporter = JobReporter(args.workspace, args.job if lead else None)
+        bar = _tqdm_progress(f"encode {args.dataset} with {args.run}" + (f" (rank 0 of {group.world})"
+                                                                         if group.world > 1 else ""))
 
-    def progress(done, total):
-        bar(done, total)
-        reporter.running(done, total, f"encoded {done}/{total} notes")
+        def progress(done, total):
+            bar(done, total)
+            reporter.running(done, total, f"encoded {done}/{total} notes")
 
-    try:
-        reporter.running(0, 0, "loading the encoder", force=True)
-        ids, matrix = service.dataset_vectors(args.workspace, args.run, args.dataset, args.modality, progress)
-    except BaseException as error:
-        reporter.end("failed", str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}")
-        raise
-    folder = service._ws(args.workspace).indexes_dir / args.run / args.dataset
-    reporter.end("finished", f"{len(ids)} vectors in {folder}", step=len(ids))
-    print(json.dumps({"run": args.run, "dataset": args.dataset, "modality": args.modality, "notes": len(ids),
-                      "dim": int(matrix.shape[1]) if matrix.size else 0,
-                      "vectors": str(folder / f"{args.modality}.npy")}))
+        try:
+            reporter.running(0, 0, "loading the encoder", force=True)
+            bench = Workbench(args.workspace)
+            notes = bench.notes(args.dataset)
+            folder = bench.workspace.indexes_dir / args.run / args.dataset
+            cache = VectorCache(folder, args.modality, bench.encoder_fingerprint(args.run))
+            matrix = fill_cache_sharded(cache, notes, lambda todo, _: bench.encode(args.run, todo, args.modality),
+                                        group, shard_notes, progress if lead else None)
+        except BaseException as error:
+            reporter.end("failed", str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}")
+            raise
+        if not lead:
+            return 0
+        reporter.end("finished", f"{len(notes)} vectors in {folder}", step=len(notes))
+        print(json.dumps({"run": args.run, "dataset": args.dataset, "modality": args.modality, "notes": len(notes),
+                          "dim": int(matrix.shape[1]) if matrix is not None and matrix.size else 0,
+                          "processes": group.world, "vectors": str(folder / f"{args.modality}.npy")}))
     return 0
 
 
