@@ -123,8 +123,9 @@ def _settle(row: dict) -> tuple[str, str]:
         return "cancelled", "cancelled (the worker stopped before it could report)"
     if not row.get("pid"):
         return "failed", "the worker never started (the process that queued it stopped first)"
+    # The log's name only: the message is shown in the page, and the workspace's location is not the page's.
     return "failed", (f"the worker process (pid {row['pid']}) is gone without reporting an end state; "
-                      f"see its log {row['log_path']}")
+                      f"see its log jobs/{Path(row['log_path'] or '').name}")
 
 
 def _update(workspace: Workspace, job_id: str, **changes) -> None:

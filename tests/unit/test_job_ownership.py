@@ -73,6 +73,7 @@ def test_a_claim_whose_worker_is_gone_or_never_started_stops_holding_the_run(ws)
     assert jobs.get_job(ws, never)["state"] == "failed"
     assert "never started" in jobs.get_job(ws, never)["message"]
     assert jobs.get_job(ws, dead)["state"] == "failed"
+    assert str(ws.root) not in jobs.get_job(ws, dead)["message"]  # the page shows it: the log's name only
     assert jobs.get_job(ws, again)["state"] == "queued"
 
 
