@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.problems import Problem, UploadError
-from core.data.schema import Note
+# The topic rules live with the note (a leaf every layer imports); the reader re-exports them.
+from core.data.schema import (HASHTAG, MAX_TOPIC_CHARS, MAX_TOPICS, TAG_MARKUP, Note,  # noqa: F401
+                              extract_topics, split_topics)
 
 NOTE_COLUMNS = ("note_id", "title", "content", "image", "topics", "category")
 REQUIRED_NOTE_COLUMNS = ("note_id", "title", "content")
@@ -36,13 +38,6 @@ PAIR_ALIASES = {
 }
 EXPECTED_NOTES = "note_id,title,content,image[,topics][,category] (or NoteLLM's noteid,title,content,imgid,category)"
 EXPECTED_PAIRS = "note_id_1,note_id_2 (or NoteLLM's noteid1,noteid2)"
-
-# Topics pulled out of `#tag#` in content, as the reference does: at most 10, each at most 16 characters.
-MAX_TOPICS = 10
-MAX_TOPIC_CHARS = 16
-HASHTAG = re.compile(r"#([^\s#](?:[^#\n]{0,%d}[^\s#])?)#" % (MAX_TOPIC_CHARS - 2))
-# Xiaohongshu writes tags as `#旅行[话题]#`; the bracket is markup, not part of the topic.
-TAG_MARKUP = re.compile(r"\[[^\]]{1,8}\]$")
 
 # Fields beyond these lengths are a broken upload (a shifted column, a whole file in one cell), not a note.
 csv.field_size_limit(64 * 1024 * 1024)
@@ -82,41 +77,6 @@ class PairsRead:
     read: int = 0
     pairs: list[tuple[int, str, str]] = field(default_factory=list)  # (line, note_id_1, note_id_2)
     problems: list[Problem] = field(default_factory=list)
-
-
-def extract_topics(content: str, topics: list[str] | None = None) -> tuple[str, list[str]]:
-    """Pull `#tag#` hashtags out of content into topics (after any given topics, up to MAX_TOPICS in all).
-
-    Tags that fit are removed from the text, since the prompt shows topics in their own field; tags past
-    the tenth are left in the text untouched so nothing the user wrote disappears.
-    """
-    topics = list(topics or [])
-    seen = set(topics)
-
-    def take(match: re.Match) -> str:
-        tag = TAG_MARKUP.sub("", match.group(1)).strip()
-        if not tag:
-            return match.group(0)
-        if tag in seen:
-            return " "
-        if len(topics) >= MAX_TOPICS:
-            return match.group(0)
-        topics.append(tag)
-        seen.add(tag)
-        return " "
-
-    text = HASHTAG.sub(take, content)
-    if text != content:
-        text = re.sub(r"[ \t]{2,}", " ", text).strip()
-    return text, topics
-
-
-def split_topics(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(t).strip() for t in value if str(t).strip()]
-    return [t for t in (p.strip() for p in re.split(r"[#,;]", str(value))) if t]
 
 
 def normalise_category(value: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.data.readers import extract_topics
+from core.data.schema import extract_topics
 
 IMAGE_TOKEN = -1
 SLOT_TOKEN = -2
