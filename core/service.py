@@ -293,7 +293,9 @@ def _override_flags(overrides: dict) -> list[str]:
     for key, value in overrides.items():
         if value is None:
             continue
-        flags += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        # One "--key=value" word: a value that starts with '-' ("--resume" typed as a model name) stays a value.
+        flags.append(f"--{key.replace('_', '-')}={text}")
     return flags
 
 

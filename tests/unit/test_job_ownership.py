@@ -117,3 +117,12 @@ def test_finished_workers_do_not_stay_zombies(ws):
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists(), Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_override_values_that_look_like_flags_stay_values():
+    from core.cli import build_parser
+
+    flags = service._override_flags({"vision": "--resume", "llm": "-h", "lr_llm": 0.001, "learn_temperature": False})
+    args = build_parser().parse_args(["train", "--dataset", "toy", "--variant", "text", "--run", "r", *flags])
+    assert args.vision == "--resume" and args.llm == "-h" and not args.resume
+    assert args.lr_llm == 0.001
