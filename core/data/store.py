@@ -414,12 +414,17 @@ class Store:
 
     def remove_orphans(self) -> dict[str, int]:
         """Remove what imports killed mid-way left behind: incoming folders whose process is gone, and image
-        files no note references. Returns counts {"incoming": folders, "images": files}."""
-        removed = {"incoming": 0, "images": 0}
+        files no note references, scratch databases of imports whose process is gone. Returns counts
+        {"incoming": folders, "images": files, "scratch": files}."""
+        removed = {"incoming": 0, "images": 0, "scratch": 0}
+        for scratch in self.workspace.root.glob(".import-*.db*"):
+            if not _owner_alive(scratch, scratch.name[len(".import-"):].split("-", 1)[0]):
+                scratch.unlink(missing_ok=True)
+                removed["scratch"] += 1
         incoming_root = self.workspace.root / INCOMING_DIR
         if incoming_root.is_dir():
             for folder in incoming_root.iterdir():
-                if not _incoming_owner_alive(folder):
+                if not _owner_alive(folder, folder.name.split("-", 1)[0]):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed["incoming"] += 1
         with self._db() as db:
@@ -439,10 +444,11 @@ class Store:
 INCOMING_DIR = "incoming"
 
 
-def _incoming_owner_alive(folder: Path) -> bool:
+def _owner_alive(path: Path, pid_text: str) -> bool:
+    """Whether the process that made `path` (its pid in the name) still runs; too old counts as gone."""
     try:
-        pid = int(folder.name.split("-", 1)[0])
-        if time.time() - folder.stat().st_mtime > INCOMING_MAX_AGE_S:
+        pid = int(pid_text)
+        if time.time() - path.stat().st_mtime > INCOMING_MAX_AGE_S:
             return False
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -498,7 +504,8 @@ class _Staging:
     CHUNK = 10_000
 
     def __init__(self, folder: Path):
-        handle, name = tempfile.mkstemp(prefix=".import-", suffix=".db", dir=folder)
+        # The pid in the name tells a later start-up whether the import that made it is still running.
+        handle, name = tempfile.mkstemp(prefix=f".import-{os.getpid()}-", suffix=".db", dir=folder)
         os.close(handle)
         self.path = Path(name)
         self.conn = sqlite3.connect(self.path, isolation_level=None)

@@ -48,11 +48,12 @@ def test_a_killed_import_leaves_nothing_in_images_and_start_up_removes_its_lefto
     assert result.returncode == -9
     leftovers = list((root / "incoming").iterdir())
     assert len(leftovers) == 1 and len(list(leftovers[0].iterdir())) >= 4  # its new images waited there
+    assert list(root.glob(".import-*.db"))  # and its scratch database of rows
     assert store_state(store) == before  # ... and never reached images/
 
     (root / "images" / ("0" * 64 + ".png")).write_bytes(b"left by a kill between move and commit")
     store = fresh_store(root)
-    assert not list((root / "incoming").iterdir())
+    assert not list((root / "incoming").iterdir()) and not list(root.glob(".import-*"))
     assert store_state(store) == before  # the unreferenced file is gone, every referenced one kept
     assert all(n.image and Path(n.image).exists() for n in store.notes("existing"))
 
@@ -67,6 +68,18 @@ def test_start_up_keeps_the_incoming_folder_of_a_live_import(tmp_path):
     dead.mkdir()
     fresh_store(root)
     assert live.exists() and not dead.exists()
+
+
+def test_start_up_removes_scratch_databases_of_dead_imports_only(tmp_path):
+    root = tmp_path / "ws"
+    Store(root)
+    live = root / f".import-{os.getpid()}-abc.db"
+    dead = root / ".import-999999999-abc.db"
+    dead_journal = root / ".import-999999999-abc.db-journal"
+    for path in (live, dead, dead_journal):
+        path.write_bytes(b"")
+    fresh_store(root)
+    assert live.exists() and not dead.exists() and not dead_journal.exists()
 
 
 def test_a_successful_import_moves_its_images_in_and_leaves_no_incoming_folder(tmp_path):
