@@ -6,6 +6,7 @@ unexpected one is logged with its traceback first, so nothing the user saw is lo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "Startup", "SHIPPED_CHECKPOINTS", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS", "ZERO_SHOT",
            "checkpoints_dir", "describe", "message", "variant_label"]
+
+
+def configure_logging() -> None:
+    """Log lines with time, level and module on stderr (NOTELLM2_LOG_LEVEL, default INFO); a no-op when the
+    host process configured logging already."""
+    logging.basicConfig(level=os.environ.get("NOTELLM2_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def checkpoints_dir() -> Path:
@@ -36,6 +44,7 @@ class Startup:
 
 class Backend:
     def __init__(self, workspace=None):
+        configure_logging()
         self.workbench = Workbench(workspace)
         self.workspace = self.workbench.workspace
         self.startup = Startup()

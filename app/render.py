@@ -8,12 +8,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import re
 from functools import lru_cache
 
 from PIL import Image
 
 from core.data.images import decode_image
+
+log = logging.getLogger(__name__)
 
 THUMB = 112
 
@@ -42,7 +45,8 @@ def thumb(image, size: int = THUMB) -> str | None:
             return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
         import os
         return _thumb_cached(str(image), size, os.path.getmtime(image))
-    except Exception:
+    except Exception:  # a broken or refused image shows as a card without a picture; the log says why
+        log.warning("no thumbnail for %s", image if isinstance(image, str) else type(image).__name__, exc_info=True)
         return None
 
 

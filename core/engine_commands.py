@@ -194,26 +194,24 @@ def cmd_encode(args) -> int:
 
 
 def cmd_neighbors(args) -> int:
-    from core import service
+    from core.workbench import Workbench
 
-    rows = service.neighbors(args.workspace, args.run, args.dataset, note_id=args.note, k=args.k,
-                             modality=args.modality)
-    store = service._store(args.workspace)
-    notes = {n.note_id: n for n in store.notes(args.dataset, [r["note_id"] for r in rows])}
-    for row in rows:
-        note = notes[row["note_id"]]
+    hits = Workbench(args.workspace).neighbours(args.run, args.dataset, note_id=args.note, k=args.k,
+                                                modality=args.modality)
+    for hit in hits:
         if args.json:
-            print(json.dumps({**row, "title": note.title, "category": note.category}, ensure_ascii=False))
+            print(json.dumps({"note_id": hit.note_id, "score": hit.score, "rank": hit.rank, "title": hit.note.title,
+                              "category": hit.note.category}, ensure_ascii=False))
         else:
-            print(f"{row['rank']:>3}  {row['score']:.4f}  {row['note_id']}  {note.title[:60]}")
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.note_id}  {hit.note.title[:60]}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from core import service
+    from core.workbench import Workbench
 
-    result = service.evaluate_variant(args.workspace, args.run, args.dataset, args.split, args.modality, args.seed,
-                                      progress=_tqdm_progress(f"encode {args.dataset} with {args.run}"),
-                                      use_cache=not args.no_cache, protocol=args.protocol)
-    print(json.dumps(result))
+    result = Workbench(args.workspace).evaluate(args.run, args.dataset, args.split, args.modality, args.seed,
+                                                progress=_tqdm_progress(f"encode {args.dataset} with {args.run}"),
+                                                use_cache=not args.no_cache, protocol=args.protocol)
+    print(json.dumps(result.as_dict()))
     return 0

@@ -474,14 +474,17 @@ class Workbench:
         return service.split_for(self.workspace, name, dataset)
 
     def evaluate(self, name: str, dataset: str, split: str = "test", modality: str = "both", seed: int = 0,
-                 progress: Progress | None = None, use_cache: bool = True) -> Evaluation:
+                 progress: Progress | None = None, use_cache: bool = True, protocol: str = "distractors"
+                 ) -> Evaluation:
+        """Recall@k on the variant's own test split (cached per weights and dataset); `protocol` names the
+        candidate pool (core.evaluate.PROTOCOLS)."""
         from core import service
 
         _check_modality(modality)
         if split not in SPLITS:
             raise WorkbenchError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
         return Evaluation.from_json(service.evaluate_variant(self.workspace, name, dataset, split, modality, seed,
-                                                             progress, use_cache))
+                                                             progress, use_cache, protocol=protocol))
 
     def evaluation_table(self, dataset: str, names: Sequence[str], modalities: Sequence[str] = MODALITIES,
                          split: str = "test", seed: int = 0, progress: Progress | None = None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.backend import Backend, describe
+from app.backend import Backend, describe, message
 from app.render import md, note_choice
 from core.workbench import Hit
 
@@ -26,7 +26,8 @@ def wire_note_search(backend: Backend, dataset, note) -> None:
     def on_key(ds, current, typed: gr.KeyUpData):
         try:
             return gr.update(choices=note_choices(backend, ds, typed.input_value, current))
-        except Exception:
+        except Exception as error:
+            message(error)  # logged; the list stays as it was
             return gr.update()
 
     note.key_up(on_key, [dataset, note], note, api_name=False, show_progress="hidden", trigger_mode="always_last")
@@ -36,7 +37,8 @@ def refresh_notes(backend: Backend, dataset, current, first_by_default: bool = T
     """The note dropdown for a dataset: the current note when it is still there, else the first (or none)."""
     try:
         choices = note_choices(backend, dataset, current=current)
-    except Exception:
+    except Exception as error:
+        message(error)  # logged; an empty picker, and the tab's own action says what is wrong
         choices = []
     ids = [v for _, v in choices]
     value = current if current in ids else (ids[0] if ids and first_by_default else None)

@@ -126,3 +126,18 @@ def test_jobs_are_typed_and_delete_refuses_a_busy_dataset(tmp_path):
     assert wb.dataset_names() == []
     with pytest.raises(WorkbenchError, match="unknown dataset"):
         wb.notes("doomed")
+
+
+def test_the_cli_answers_through_the_workbench(workspace, capsys):
+    import json
+
+    from core.cli import main as cli
+
+    assert cli(["neighbors", "--workspace", str(workspace), "--run", "tiny-run", "--dataset", "toy",
+                "--note", "birds-0", "-k", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["rank"] for row in rows] == [1, 2, 3] and all(row["title"] for row in rows)
+    assert cli(["eval", "--workspace", str(workspace), "--run", "tiny-run", "--dataset", "toy",
+                "--modality", "text"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["split_seed"], result["test_fraction"]) == (7, 0.3) and "recall@10" in result
