@@ -105,7 +105,11 @@ class Store:
             first = str(self.workspace.root) not in _tidied
             _tidied.add(str(self.workspace.root))
         if first:
-            self.remove_orphans()
+            try:
+                self.remove_orphans()
+            except sqlite3.OperationalError:  # a long import holds the write lock: tidy up next time
+                with _tidy_lock:
+                    _tidied.discard(str(self.workspace.root))
 
     # ------------------------------------------------------------------------------------ connection
     @contextmanager

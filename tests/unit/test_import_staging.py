@@ -126,3 +126,17 @@ def test_dataset_names_are_matched_whole(tmp_path, name):
     notes, pairs, images = good_upload(tmp_path / "up", n=4)
     with pytest.raises(WorkbenchError, match="bad dataset name"):
         store.import_dataset(name, notes, pairs, images)
+
+
+def test_opening_a_store_while_another_process_holds_the_write_lock_does_not_fail(tmp_path, monkeypatch):
+    import sqlite3
+
+    root = tmp_path / "ws"
+    Store(root)
+
+    def locked(self):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Store, "remove_orphans", locked)
+    store = fresh_store(root)  # opens anyway; the clean-up is tried again by the next Store
+    assert str(store.workspace.root) not in store_module._tidied
