@@ -85,7 +85,7 @@ def place_by_neighbours(sample: np.ndarray, sample_coords: np.ndarray, vectors: 
                         metric: str = "cosine") -> np.ndarray:
     """(len(vectors), 2): each point at the weighted mean of its k nearest sample points' coordinates, nearer
     ones weighing more (how umap-learn's `transform` starts before its refinement epochs, which cost more than
-    they move a point on a map this size). Neighbours are found by faiss in the sample's top principal
+    they move a point on a map this size). Neighbours are found by faiss (IVF) in the sample's top principal
     directions, which keeps a million queries to seconds."""
     import faiss
 
@@ -95,11 +95,22 @@ def place_by_neighbours(sample: np.ndarray, sample_coords: np.ndarray, vectors: 
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     mean = sample.mean(axis=0, keepdims=True)
     rank = min(PLACE_RANK, sample.shape[1], len(sample))
-    _, _, components = np.linalg.svd(sample - mean, full_matrices=False)
-    basis = np.ascontiguousarray(components[:rank].T, dtype=np.float32)
-    index = faiss.IndexFlatL2(rank)
-    index.add(np.ascontiguousarray((sample - mean) @ basis, dtype=np.float32))
+    # Principal directions from the d x d covariance (an SVD of the sample itself took seconds here).
+    _, eigenvectors = np.linalg.eigh(np.cov((sample - mean).T.astype(np.float64)))
+    basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :rank], dtype=np.float32)
+    reduced = np.ascontiguousarray((sample - mean) @ basis, dtype=np.float32)
+    if len(sample) >= 64 * 39:
+        # Scanning every sample point per query was the slow part (5k x 1M); 64 cells, 6 probed, find
+        # 0.96-0.99 of the exact neighbours, and a placement averages 15 of them anyway.
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rank), rank, 64)
+        index.train(reduced)
+        index.nprobe = 6
+    else:
+        index = faiss.IndexFlatL2(rank)
+    index.add(reduced)
     distances, found = index.search(np.ascontiguousarray((vectors - mean) @ basis, dtype=np.float32), k)
+    short = found < 0  # a query short of k neighbours repeats its nearest
+    found, distances = np.where(short, found[:, :1], found), np.where(short, distances[:, :1], distances)
     distances = np.sqrt(np.maximum(distances, 0))
     # A kernel scaled per point by its own neighbour distances (UMAP's local-connectivity idea).
     spread = np.maximum(distances[:, -1:] - distances[:, :1], 1e-6)
