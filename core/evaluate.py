@@ -1,4 +1,4 @@
-"""Retrieval evaluation as NOTELLM2.md ("Evaluation") fixes it.
+"""Retrieval evaluation: which pairs are queries, what the candidate pool is, and how recall is counted.
 
 - Queries: walk the test pairs in order; a pair is used only if neither of its notes was used yet; its first
   note is the query, the second its one target.

@@ -380,7 +380,7 @@ def _g(value) -> str:
 def _saliency_lines(saliency: dict | None) -> list[str]:
     if not saliency:
         return []
-    lines = ["", "## Saliency per layer (NOTELLM2.md, 'Visual neglect')", "",
+    lines = ["", "## Saliency per layer (visual neglect)", "",
              "Mean over layers of the saliency from the final token: S_v to the image span (under mICL it runs "
              "through the slot and its instruction), S_visual to the visual tokens alone, S_slot to the mICL "
              "instruction and slot, S_t to the other tokens; S_o over all other pairs.", "",

@@ -213,7 +213,7 @@ def _dataset_fingerprint(store, dataset: str) -> str:
 def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", modality: str = "both",
                      seed: int = 0, progress: Progress | None = None, use_cache: bool = True,
                      protocol: str = "distractors") -> dict:
-    """The evaluation JSON (NOTELLM2.md "Evaluation"): recall@k, its bootstrap interval, chance levels,
+    """The evaluation JSON (protocol in core.evaluate): recall@k, its bootstrap interval, chance levels,
     category hit@k, length subsets, per-query ranks. `protocol`: the candidate pool (core.evaluate)."""
     from core.evaluate import PROTOCOLS, evaluate_vectors
 

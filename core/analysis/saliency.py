@@ -1,11 +1,11 @@
-"""Saliency of attention, per layer (NOTELLM2.md, "Visual neglect, and how the paper measures it").
+"""Saliency of attention, per layer: how visual neglect is measured.
 
 What is computed, exactly, for each batch of B pairs (2B notes: the first notes, then their partners):
 
 1. The LLM runs with the analysis attention (capture.py): eager attention whose pre-softmax scores
    s = q k^T / sqrt(d) are multiplied, in every layer, by a tensor M of ones with requires_grad
    (the causal/padding mask is added after the multiplier, so masked keys stay masked).
-2. The in-batch contrastive loss of NOTELLM2.md "Loss" is computed on the embeddings: normalised vectors,
+2. The in-batch contrastive loss of core/train/loss.py is computed on the embeddings: normalised vectors,
    scores E E^T with the diagonal masked, times exp(3.0), cross-entropy to each row's pair partner; under
    mICL L = (9 L(n_m) + 1 L(n_v)) / 10. `torch.autograd.grad` gives dL/dM for every layer (parameter
    .grad fields are left untouched, so this is safe on a model that is being trained).

@@ -1,4 +1,4 @@
-"""Late fusion (NOTELLM2.md, "Late fusion"): a per-dimension gate between the LLM's note state and the raw
+"""Late fusion: a per-dimension gate between the LLM's note state and the raw
 image feature, applied after the LLM, so the image reaches the final vector even when the LLM ignores it.
 
     v  = W_p c                 c: the vision tower's pooled feature (frozen)

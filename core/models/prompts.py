@@ -1,7 +1,7 @@
 """Prompts that make a causal LLM compress a note into the state of one token.
 
 Every prompt ends with the instruction "compress this note into one word:" and an opening quote, so the
-last token's state stands for the note. Three shapes (NOTELLM2.md, "Prompts"):
+last token's state stands for the note. Three shapes:
 
     text   Note: {title, topics, content} + instruction
     basic  Note: {image: <IMG>, title, topics, content} + instruction

@@ -1,4 +1,4 @@
-"""The NoteLLM-2 contrastive loss (NOTELLM2.md, "Loss"), as a small module.
+"""The NoteLLM-2 contrastive loss, as a small module.
 
 Batch layout per process: the first notes of the B local pairs, then their partners (2B rows). Embeddings
 are gathered from every process; only this process's shard keeps its gradient (the others arrive as
