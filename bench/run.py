@@ -128,7 +128,7 @@ def _rescale_mfu(node, scale: float) -> None:
 
 
 def _headline(results: dict) -> None:
-    """Lift the figures the issue names to the top level of results.json."""
+    """Lift the headline figures (the ones TARGETS judges) to the top level of results.json."""
     encode = results.get("encode", {})
     pick = {
         "encode_mfu": encode.get("encode_mfu"), "encode_mfu_warm": encode.get("encode_mfu_warm"),

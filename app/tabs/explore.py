@@ -23,7 +23,7 @@ HIT_K = 10
 def target_hits(ids: list[str], vectors: np.ndarray, related: dict[str, set[str]], k: int = HIT_K) -> list[str]:
     """'hit' when a known related note is in the note's top k by inner product, 'miss' when not, 'no pair'.
 
-    Display-only arithmetic on core's vectors (core.analysis could offer this; see the report)."""
+    Display-only arithmetic on the vectors core returned: a colour per point, not a metric."""
     vectors = np.asarray(vectors, dtype=np.float32)
     scores = vectors @ vectors.T
     np.fill_diagonal(scores, -np.inf)
@@ -81,19 +81,35 @@ def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progres
             "hits": {n: target_hits(ids, vectors[n], related) for n in names}}
 
 
+MAX_POINTS_SHOWN = 200_000
+
+
+def shown_points(count: int) -> np.ndarray:
+    """The points drawn: all of them up to MAX_POINTS_SHOWN, past it a seeded sample of that many (WebGL draws
+    a million, but the page would first download a million hover texts). The selected note and its
+    neighbours are drawn on top whether sampled or not."""
+    if count <= MAX_POINTS_SHOWN:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, MAX_POINTS_SHOWN, replace=False))
+
+
 def figure(state: dict, colour_by: str, selected: str | None, neighbour_ids: dict[str, list[str]] | None = None):
     names = state["names"]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
         f"{n} · {_hit_rate(state['hits'][n])}" for n in names], horizontal_spacing=0.04)
     ids, titles, cats = state["ids"], state["titles"], state["categories"]
     images = state["images"]
+    shown = shown_points(len(ids))
     for col, name in enumerate(names, start=1):
         xy = np.asarray(state["coords"][name])
         groups = state["hits"][name] if colour_by == "target hit" else cats
         levels = (["hit", "miss", "no pair"] if colour_by == "target hit"
                   else sorted(set(groups), key=lambda c: (-groups.count(c), c or "")))
+        members: dict = {}
+        for i in shown:
+            members.setdefault(groups[i], []).append(i)
         for j, level in enumerate(levels):
-            idx = [i for i, g in enumerate(groups) if g == level]
+            idx = members.get(level, [])
             if not idx:
                 continue
             colour = {"hit": "#17a398", "miss": "#e4572e", "no pair": "#c8c8c8"}.get(level) if colour_by == "target hit" \
