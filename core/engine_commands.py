@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import fields
 
 from core.cli import add_workspace_argument
@@ -179,8 +180,12 @@ def cmd_encode(args) -> int:
             notes = bench.notes(args.dataset)
             folder = bench.workspace.indexes_dir / args.run / args.dataset
             cache = VectorCache(folder, args.modality, bench.encoder_fingerprint(args.run))
+            bench.encoder(args.run)  # loaded before the clock starts: encode_s is the encoding alone
+            group.barrier()
+            start = time.perf_counter()
             matrix = fill_cache_sharded(cache, notes, lambda todo, _: bench.encode(args.run, todo, args.modality),
                                         group, shard_notes, progress if lead else None)
+            encode_s = time.perf_counter() - start
         except BaseException as error:
             reporter.end("failed", str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}")
             raise
@@ -189,7 +194,8 @@ def cmd_encode(args) -> int:
         reporter.end("finished", f"{len(notes)} vectors in {folder}", step=len(notes))
         print(json.dumps({"run": args.run, "dataset": args.dataset, "modality": args.modality, "notes": len(notes),
                           "dim": int(matrix.shape[1]) if matrix is not None and matrix.size else 0,
-                          "processes": group.world, "vectors": str(folder / f"{args.modality}.npy")}))
+                          "processes": group.world, "encode_s": round(encode_s, 3),
+                          "vectors": str(folder / f"{args.modality}.npy")}))
     return 0
 
 
