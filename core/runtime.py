@@ -17,7 +17,10 @@ def usable_cores() -> int:
 
 
 def configure_threads() -> None:
-    """Use every core for intra-op work; torch's default can be lower inside containers."""
+    """Use every core for intra-op work; torch's default can be lower inside containers. Under torchrun or
+    accelerate launch (WORLD_SIZE > 1) the processes share the cores: the launcher's OMP_NUM_THREADS stands."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
     cores = usable_cores()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
