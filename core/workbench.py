@@ -31,7 +31,7 @@ from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
 from core.errors import WorkbenchError
 from core.runs import WEIGHTS_FILE, RunRecord, RunStore, shipped_checkpoints_dir
-from core.workspace import Workspace
+from core.workspace import Workspace, check_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ MODALITIES = ("both", "image", "text")
 SPLITS = ("test", "train", "all")
 ENCODER_POOL_SIZE = 3
 INDEX_POOL_SIZE = 8
+MAPS_FOLDER = "_maps"
 TRAINABLE_VARIANTS = ("text", "basic", "micl", "late", "basic+late", "micl+late")
 # What each variant is, in one line, so no table or dropdown has to show a bare code name.
 VARIANT_DESCRIPTIONS = {
@@ -302,6 +303,13 @@ class Workbench:
                 shutil.rmtree(cached, ignore_errors=True)
         self._corpora.drop(lambda key: key == name)
         self._spaces.drop(lambda key: key[1] == name)
+
+    def map_cache_dir(self, dataset: str) -> Path:
+        """Where a dataset's 2-D maps are cached. Under indexes/<owner>/<dataset>/ like its vectors, so deleting
+        the dataset drops them too; "_maps" cannot be a run's name (those start with a letter or digit)."""
+        folder = self.workspace.indexes_dir / MAPS_FOLDER / check_dataset_name(dataset)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _dataset_fingerprint(self, dataset: str) -> tuple:
         """What changes when a dataset is deleted, re-imported or grows. Read on a connection kept per

@@ -64,8 +64,7 @@ def compute_maps(backend: Backend, dataset, names, modality, progress=gr.Progres
             order = {x: j for j, x in enumerate(got_ids)}
             vecs = np.asarray(vecs)[[order[x] for x in ids]]
         vectors[name] = np.asarray(vecs, dtype=np.float32)
-    cache_dir = backend.workspace.indexes_dir / "projections"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = backend.workbench.map_cache_dir(dataset)
     progress(0.8, desc="UMAP projection (cached; the first run compiles numba, ~10 s)")
     if len(names) == 2:
         a, b = aligned_projections(vectors[names[0]], vectors[names[1]], cache_dir,

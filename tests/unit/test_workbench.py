@@ -122,7 +122,9 @@ def test_jobs_are_typed_and_delete_refuses_a_busy_dataset(tmp_path):
         db["jobs"].update("j1", {"state": "finished"})
     assert wb.job("j1").state is JobState.FINISHED and not wb.job("j1").active
     assert len(wb.notes("doomed")) > 0
+    (wb.map_cache_dir("doomed") / "doomed-tiny-both-0123.npy").write_bytes(b"map")
     wb.delete_dataset("doomed", confirm="doomed")
+    assert not (wb.workspace.indexes_dir / "_maps" / "doomed").exists()  # its maps went with it
     assert wb.dataset_names() == []
     with pytest.raises(WorkbenchError, match="unknown dataset"):
         wb.notes("doomed")
