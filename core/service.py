@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from typing import Callable, Sequence
 
 import numpy as np
 
-from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION, load_zero_shot
+from core.baselines import ZERO_SHOT
 from core.data.schema import Note
+from core import encoders
 from core.errors import WorkbenchError
 from core.runs import RunStore
 from core.workspace import Workspace, check_dataset_name, check_run_name
 
 Progress = Callable[[int, int], None]
 MODALITIES = ("both", "image", "text")
-ENCODER_CACHE_SIZE = 3
-_encoders: OrderedDict = OrderedDict()
-_lock = threading.RLock()
 
 
 def _ws(workspace) -> Workspace:
@@ -52,10 +48,7 @@ def run_info(workspace, run: str) -> dict:
 
 def _run_folder(workspace, name: str):
     """An existing run's folder through the workspace's one resolver (names that are paths are refused)."""
-    folder = _ws(workspace).resolve_variant(name)
-    if isinstance(folder, str):
-        raise WorkbenchError(f"'{name}' is a zero-shot baseline, not a trained run")
-    return folder
+    return RunStore(_ws(workspace)).existing(name)
 
 
 def list_runs(workspace) -> list[dict]:
@@ -64,14 +57,7 @@ def list_runs(workspace) -> list[dict]:
 
 def encoder_fingerprint(workspace, name: str) -> str:
     """Changes whenever the encoder's weights do (a run's latest checkpoint), so caches keyed on it stay true."""
-    folder = _ws(workspace).resolve_variant(name)
-    if isinstance(folder, str):
-        return f"{name}/v{ZERO_SHOT_VERSION}"
-    weights = folder / "model.safetensors"
-    if not weights.exists():
-        raise WorkbenchError(f"run '{name}' has no weights yet (still training, or it failed before saving)")
-    stat = weights.stat()
-    return f"{name}/{stat.st_size}/{stat.st_mtime_ns}"
+    return encoders.fingerprint(workspace, name)
 
 
 def list_variants(workspace, dataset: str) -> list[dict]:
@@ -90,31 +76,8 @@ def list_variants(workspace, dataset: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------- encoders
 def load_encoder(workspace, name: str):
-    """A run's NoteEncoder or a zero-shot encoder, kept in an in-process LRU of a few."""
-    from core.runtime import configure_threads, resolve_device
-
-    ws = _ws(workspace)
-    fingerprint = encoder_fingerprint(ws, name)
-    key = (str(ws.root), name)
-    with _lock:
-        cached = _encoders.get(key)
-        if cached is not None and cached[0] == fingerprint:
-            _encoders.move_to_end(key)
-            return cached[1]
-        configure_threads()
-        device = resolve_device("auto")
-        if name in ZERO_SHOT:
-            encoder = load_zero_shot(name, device, ws.root)
-        else:
-            from core.models.note_encoder import NoteEncoder
-
-            encoder = NoteEncoder.from_pretrained(_run_folder(ws, name), device=device)
-            encoder.eval()
-        _encoders[key] = (fingerprint, encoder)
-        _encoders.move_to_end(key)
-        while len(_encoders) > ENCODER_CACHE_SIZE:
-            _encoders.popitem(last=False)
-        return encoder
+    """A run's NoteEncoder or a zero-shot encoder, from the process's one pool (core.encoders)."""
+    return encoders.load(workspace, name)
 
 
 def encode(workspace, name: str, notes: Sequence[Note], modality: str = "both", batch_size: int = 32,
@@ -124,7 +87,7 @@ def encode(workspace, name: str, notes: Sequence[Note], modality: str = "both", 
 
     _check_modality(modality)
     encoder = load_encoder(workspace, name)
-    with _lock:
+    with encoders.lock(workspace, name):
         return encode_notes(encoder, list(notes), batch_size, modality, progress, workspace_root=_ws(workspace).root)
 
 

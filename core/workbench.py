@@ -25,12 +25,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from core import encoders
 from core import jobs as job_queue
-from core.baselines import ZERO_SHOT, ZERO_SHOT_VERSION
+from core.baselines import ZERO_SHOT
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
 from core.errors import WorkbenchError
-from core.runs import WEIGHTS_FILE, RunRecord, RunStore, shipped_checkpoints_dir
+from core.runs import RunRecord, RunStore, shipped_checkpoints_dir
 from core.workspace import Workspace, check_dataset_name
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 MODALITIES = ("both", "image", "text")
 SPLITS = ("test", "train", "all")
-ENCODER_POOL_SIZE = 3
 INDEX_POOL_SIZE = 8
 MAPS_FOLDER = "_maps"
 TRAINABLE_VARIANTS = ("text", "basic", "micl", "late", "basic+late", "micl+late")
@@ -251,7 +251,6 @@ class Workbench:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         self.store = Store(self.workspace)
         self.runs = RunStore(self.workspace)
-        self._encoders = _Pool(ENCODER_POOL_SIZE)
         self._corpora = _Pool(INDEX_POOL_SIZE)
         self._spaces = _Pool(INDEX_POOL_SIZE)
         self._local = threading.local()
@@ -365,44 +364,13 @@ class Workbench:
 
     def encoder_fingerprint(self, name: str) -> str:
         """Changes whenever the encoder's weights do, so everything keyed on it stays true."""
-        if name in ZERO_SHOT:
-            return f"{name}/v{ZERO_SHOT_VERSION}"
-        weights = Path(self.workspace.resolve_variant(name)) / WEIGHTS_FILE
-        try:
-            stat = weights.stat()
-        except OSError:
-            raise WorkbenchError(f"run '{name}' has no trained weights yet (still training, or it failed)") from None
-        return f"{name}/{stat.st_size}/{stat.st_mtime_ns}"
+        return encoders.fingerprint(self.workspace, name)
 
     # ------------------------------------------------------------------------------------ encoders
     def encoder(self, name: str):
-        """A run's NoteEncoder or a zero-shot encoder, loaded once and reloaded when its weights change."""
-        fingerprint = self.encoder_fingerprint(name)
-        encoder = self._encoders.get(name, fingerprint)
-        if encoder is not None:
-            return encoder
-        with self._encoders.lock(name):
-            encoder = self._encoders.get(name, fingerprint)
-            if encoder is None:
-                encoder = self._load_encoder(name)
-                self._encoders.put(name, fingerprint, encoder)
-            return encoder
-
-    def _load_encoder(self, name: str):
-        from core.runtime import configure_threads, resolve_device
-
-        configure_threads()
-        device = resolve_device("auto")
-        log.info("loading encoder %s on %s", name, device)
-        if name in ZERO_SHOT:
-            from core.baselines import load_zero_shot
-
-            return load_zero_shot(name, device, self.workspace.root)
-        from core.models.note_encoder import NoteEncoder
-
-        encoder = NoteEncoder.from_pretrained(self.runs.folder(name), device=device)
-        encoder.eval()
-        return encoder
+        """A run's NoteEncoder or a zero-shot encoder, loaded once per process (core.encoders) and reloaded
+        when its weights change."""
+        return encoders.load(self.workspace, name)
 
     def encode(self, name: str, notes: Sequence[Note], modality: str = "both", batch_size: int = 32,
                progress: Progress | None = None) -> np.ndarray:
@@ -412,7 +380,7 @@ class Workbench:
         _check_modality(modality)
         encoder = self.encoder(name)
         # One forward at a time per encoder: modules keep per-call state (feature caches, autocast).
-        with self._encoders.lock(name):
+        with encoders.lock(self.workspace, name):
             return encode_notes(encoder, list(notes), batch_size, modality, progress,
                                 workspace_root=self.workspace.root)
 

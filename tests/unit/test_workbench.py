@@ -53,6 +53,8 @@ def test_neighbours_match_the_service_and_come_with_their_notes(workspace):
     assert len(wb.neighbours("tiny-run", "toy", query=composed, k=3)) == 3
     with pytest.raises(WorkbenchError, match="has no note"):
         wb.neighbours("tiny-run", "toy", note_id="nope")
+    # One pool of encoders per process, whichever door asked first.
+    assert wb.encoder("tiny-run") is service.load_encoder(workspace, "tiny-run") is Workbench(workspace).encoder("tiny-run")
 
 
 def test_a_warm_query_reads_no_notes_and_encodes_nothing(workspace, monkeypatch):
