@@ -142,9 +142,13 @@ class ProcessGroup:
         if self.world > 1:
             import torch.distributed as dist
 
-            if torch.cuda.is_available():
-                torch.cuda.set_device(self.local_rank)  # "cuda" then means this rank's own GPU
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if gpus:
+                torch.cuda.set_device(self.local_rank % gpus)  # "cuda" then means this rank's own GPU
+            # The group only carries a barrier and a broadcast, so gloo serves wherever NCCL cannot (no GPU, or
+            # more processes than GPUs on a node: NCCL refuses two ranks on one device).
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+            dist.init_process_group("nccl" if gpus and gpus >= local_world else "gloo")
             self.started = True
         return self
 

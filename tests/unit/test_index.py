@@ -39,9 +39,17 @@ def test_tuning_reaches_the_recall_target(kind):
         assert index.breadth <= index.nlist
     # The tuned figure is what search then delivers (on other queries too).
     rows, sample, truth = exact_neighbours(vectors, 100, 10, seed=5)
-    assert index.recall_at(sample, rows, truth) >= 0.9
+    assert index.recall_at(sample, rows, truth, vectors=vectors) >= 0.9
     top = index.search(vectors[:1], 5, exclude=[{"n0"}])[0]
     assert len(top) == 5 and "n0" not in [i for i, _ in top]
+
+
+def test_recall_counts_ties_with_the_kth_exact_score_as_found():
+    base = clustered(200)
+    vectors = np.concatenate([base, base])  # every note twice: which copy fills the 10th place is arbitrary
+    index = VectorIndex([str(i) for i in range(400)], vectors, kind="ivf", nlist=4, nprobe=4)
+    rows, sample, truth = exact_neighbours(vectors, 50, 10)
+    assert index.recall_at(sample, rows, truth, vectors=vectors) == 1.0
 
 
 def test_flat_needs_no_tuning_and_keeps_its_answers():
