@@ -16,9 +16,10 @@ from pathlib import Path
 
 from core.errors import WorkbenchError
 from core.models.note_encoder import CONFIG_FILE, VARIANTS, WEIGHTS_FILE
+from core.runs import SHIPPED_CHECKPOINTS
 from core.workspace import REPO_ROOT, Workspace
 
-CHECKPOINTS_DIR = REPO_ROOT / "assets" / "checkpoints"
+CHECKPOINTS_DIR = SHIPPED_CHECKPOINTS
 DEMO_DATASET = "sample"
 
 

@@ -334,13 +334,15 @@ def delete_dataset(workspace, name: str, confirm: str | None = None) -> None:
     ws = _ws(workspace)
     if confirm is not None and confirm.strip() != name:
         raise WorkbenchError(f"type the dataset name '{name}' to confirm; nothing was deleted")
-    busy = [job for job in list_jobs(ws) if job.get("dataset") == name and job.get("state") in ("queued", "running")]
+    from core.jobs import ACTIVE
+
+    busy = [job for job in list_jobs(ws) if job.get("dataset") == name and job.get("state") in ACTIVE]
     if busy:
         raise WorkbenchError(f"dataset '{name}' is in use by {busy[0]['kind']} job {busy[0]['job_id']} "
                              f"(run '{busy[0].get('run')}'); stop it first. Nothing was deleted")
     _store(ws).delete_dataset(name)
-    if ws.indexes_dir.exists():
-        for cached in ws.indexes_dir.glob(f"*/{name}"):
+    if ws.indexes_dir.exists():  # vectors and evaluations (indexes/<encoder>/<name>), maps (indexes/_maps/<name>)
+        for cached in ws.indexes_dir.glob(f"*/{check_dataset_name(name)}"):
             shutil.rmtree(cached, ignore_errors=True)
 
 

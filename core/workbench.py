@@ -13,7 +13,6 @@ drops what was built from the old weights.
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from core.baselines import ZERO_SHOT
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
 from core.errors import WorkbenchError
+from core.models.note_encoder import VARIANTS
 from core.runs import RunRecord, RunStore, shipped_checkpoints_dir
 from core.workspace import Workspace, check_dataset_name
 
@@ -41,7 +41,7 @@ MODALITIES = ("both", "image", "text")
 SPLITS = ("test", "train", "all")
 INDEX_POOL_SIZE = 8
 MAPS_FOLDER = "_maps"
-TRAINABLE_VARIANTS = ("text", "basic", "micl", "late", "basic+late", "micl+late")
+TRAINABLE_VARIANTS = tuple(VARIANTS)
 # What each variant is, in one line, so no table or dropdown has to show a bare code name.
 VARIANT_DESCRIPTIONS = {
     "text": "LLM on the text prompt only (no image)",
@@ -290,16 +290,9 @@ class Workbench:
         """Delete a dataset, its images no other dataset uses, and every cached vector, evaluation or map
         of it. Refused while a job works on it and, when `confirm` is given, unless it repeats the name.
         Runs trained on it are kept: they are models, not data."""
-        if confirm is not None and confirm.strip() != name:
-            raise WorkbenchError(f"type the dataset name '{name}' to confirm; nothing was deleted")
-        busy = [job for job in self.jobs() if job.dataset == name and job.active]
-        if busy:
-            raise WorkbenchError(f"dataset '{name}' is in use by {busy[0].kind} job {busy[0].job_id} "
-                                 f"(run '{busy[0].run}'); stop it first. Nothing was deleted")
-        self.store.delete_dataset(name)
-        if self.workspace.indexes_dir.exists():
-            for cached in self.workspace.indexes_dir.glob(f"*/{name}"):
-                shutil.rmtree(cached, ignore_errors=True)
+        from core import service
+
+        service.delete_dataset(self.workspace, name, confirm)
         self._corpora.drop(lambda key: key == name)
         self._spaces.drop(lambda key: key[1] == name)
 
