@@ -145,3 +145,27 @@ def test_the_cli_answers_through_the_workbench(workspace, capsys):
                 "--modality", "text"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (result["split_seed"], result["test_fraction"]) == (7, 0.3) and "recall@10" in result
+
+
+def test_job_states_are_the_job_queue_states():
+    from core import jobs
+    from core.workbench import ACTIVE_JOB_STATES
+
+    assert {state.value for state in JobState} == set(jobs.STATES)
+    assert {state.value for state in ACTIVE_JOB_STATES} == set(jobs.ACTIVE)
+
+
+def test_a_reimported_dataset_is_read_again(tmp_path):
+    """The in-memory notes follow the store: a dataset deleted and imported again under the same name (other
+    notes) must not be answered from the old copy."""
+    from core.data.store import Store
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    import_learnable(root, "toy", per_category=5, partners=1)
+    wb = Workbench(root)
+    before = {n.note_id for n in wb.notes("toy")}
+    wb.delete_dataset("toy", confirm="toy")
+    import_learnable(root, "toy", per_category=7, partners=1)
+    after = {n.note_id for n in wb.notes("toy")}
+    assert len(after) > len(before) and after == {n.note_id for n in Store(root).notes("toy")}
