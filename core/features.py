@@ -13,6 +13,7 @@ patches and has_image.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Sequence
 import torch
 
 from core.models.vision import VisionFeatures
+
+log = logging.getLogger(__name__)
 
 _ZERO_KEY = "zero-image"
 
@@ -68,6 +71,7 @@ class VisionFeatureCache:
         try:
             tensors = load_file(str(path))
         except Exception:  # a torn file from a killed process: recompute it
+            log.warning("unreadable vision feature file %s: computing it again", path.name, exc_info=True)
             return None
         entry = (tensors["pooled"], tensors["patches"], bool(tensors["has_image"].item()))
         self.memory[key] = entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from core import encoders
 from core.errors import WorkbenchError
 from core.runs import RunStore
 from core.workspace import Workspace, check_dataset_name, check_run_name
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MODALITIES = ("both", "image", "text")
@@ -196,8 +199,8 @@ def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", mo
             if cached.get("_fingerprint") == [fingerprint, data_fp, EVAL_VERSION]:
                 cached.pop("_fingerprint")
                 return cached
-        except (OSError, json.JSONDecodeError):
-            pass
+        except (OSError, json.JSONDecodeError):  # torn or unreadable: computed again and rewritten below
+            log.info("evaluation cache %s unreadable; computing it again", cache_file.name)
     parts = split_for(ws, name, dataset)
     if split == "test":
         pairs, note_ids, subsets = parts.test_pairs, parts.test_note_ids, parts.subsets()
@@ -223,6 +226,8 @@ def evaluate_variant(workspace, name: str, dataset: str, split: str = "test", mo
     from core.train.checkpoint import write_json_atomic
 
     write_json_atomic(cache_file, {**result, "_fingerprint": [fingerprint, data_fp, EVAL_VERSION]})
+    log.info("evaluated %s on %s (%s, %s): recall@10 %s over %s queries", name, dataset, split, modality,
+             result.get("recall@10"), result.get("queries"))
     return result
 
 

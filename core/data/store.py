@@ -14,6 +14,7 @@ import csv
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ from core.data.readers import FieldLimits, NotesRead, iter_notes, read_pairs
 from core.data.schema import Note
 from core.errors import WorkbenchError
 from core.workspace import Workspace, check_dataset_name
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
 NOTE_SEARCH_LIMIT = 50
@@ -372,6 +375,7 @@ class Store:
                         {"read": report.read, "pairs_read": report.pairs_read}, incoming)
             report.images_new = len(incoming.moved)
             progress(1, 1, "done")
+            log.info("%s", report.summary())
             return report
         finally:
             if image_source is not None:
