@@ -104,3 +104,25 @@ def test_zero_shot_baselines_encode_unit_vectors(zero_shot_workspace, name):
         assert not np.allclose(text_only[0], text_only[1], atol=1e-3)
     else:  # both halves matter
         assert not np.allclose(vectors, text_only, atol=1e-3) and not np.allclose(vectors, image_only, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- vector cache
+def test_the_vector_cache_is_keyed_by_the_encoder_fingerprint(tmp_path):
+    """Vectors written under one encoder's weights are never read back for other weights."""
+    from core.data.schema import Note
+    from core.encode import VectorCache
+
+    notes = [Note(f"n{i}", title=f"note {i}") for i in range(4)]
+    calls = []
+
+    def encoder(value):
+        def encode(todo, progress):
+            calls.append((value, len(todo)))
+            return np.full((len(todo), 3), value, dtype=np.float32)
+        return encode
+
+    first = VectorCache(tmp_path, "both", "run/100/1").vectors(notes, encoder(1.0))
+    again = VectorCache(tmp_path, "both", "run/100/1").vectors(notes, encoder(9.0))
+    retrained = VectorCache(tmp_path, "both", "run/100/2").vectors(notes, encoder(2.0))
+    assert calls == [(1.0, 4), (2.0, 4)]
+    assert np.all(first == 1.0) and np.all(again == 1.0) and np.all(retrained == 2.0)
