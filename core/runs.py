@@ -178,5 +178,6 @@ class RunStore:
                     shutil.copy2(folder / name, staging / name)
             (staging / SHIPPED_MARKER).write_text(json.dumps({"source": str(folder), "weights_sha256": digest}))
             staging.rename(target)  # atomic: a half-copied run is never listed
+            log.info("installed shipped checkpoint %s as run %s", folder.name, run)
             installed.append(run)
         return installed

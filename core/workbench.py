@@ -409,6 +409,8 @@ class Workbench:
                 ids = [n.note_id for n in corpus.notes]
                 # Exact below the size threshold; past it an IVF index tuned to recall@10 >= 0.95.
                 space = _Space(fingerprint, ids, matrix, build_index(ids, matrix), corpus)
+                log.info("index of %s on %s (%s): %d vectors of %d dimensions", name, dataset, modality,
+                         len(ids), matrix.shape[1] if matrix.ndim == 2 else 0)
                 self._spaces.put(key, fingerprint, space)
             return space
 
