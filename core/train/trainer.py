@@ -65,11 +65,17 @@ class TrainConfig:
     checkpoint_every: int = 50
     eval_every: int = 50  # held-out Recall@k every N steps (0: only at the end)
     eval_batch: int = 32
+    # Batches drawn from windows of this many batches' pairs sorted by prompt length, so that a batch pads
+    # little (0: plain shuffle). Pairs stay whole, and batch order is shuffled again after packing.
+    length_buckets: int = 8
+    lean_training: bool = True  # core/models/lora_train.py where it applies; False forces peft + transformers
     device: str = "auto"
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        # A run saved before length bucketing existed resumes on the batches it started with.
+        data = {"length_buckets": 0, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -109,10 +115,21 @@ def preset_configs(preset: str, variant: str, **overrides) -> tuple[dict, NoteEn
 
 
 # ------------------------------------------------------------------------------------------- batches
-def epoch_batches(pairs: list[tuple[str, str]], size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(pairs: list[tuple[str, str]], size: int, seed: int, epoch: int,
+                  lengths: list[int] | None = None, buckets: int = 0) -> list[list[int]]:
     """Pair indices for every full batch of one epoch: a seeded shuffle, packed so that no note appears
-    twice in a batch (a pair that would repeat a note waits for the next batch). The tail is dropped."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(pairs)).tolist()
+    twice in a batch (a pair that would repeat a note waits for the next batch). The tail is dropped.
+
+    With `lengths` (a pair's longer prompt, in tokens) and `buckets` > 0, each window of `buckets` batches'
+    worth of shuffled pairs is sorted by length before packing, and the finished batches are shuffled:
+    a batch holds pairs of similar length (little padding) while every batch still draws from the whole
+    epoch in a random order."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(pairs)).tolist()
+    if lengths is not None and buckets > 0:
+        window = size * buckets
+        order = [i for start in range(0, len(order), window)
+                 for i in sorted(order[start:start + window], key=lambda i: lengths[i])]
     batches, carry, pointer = [], [], 0
     while True:
         batch, seen, waiting = [], set(), []
@@ -131,6 +148,8 @@ def epoch_batches(pairs: list[tuple[str, str]], size: int, seed: int, epoch: int
             consider(order[pointer])
             pointer += 1
         if len(batch) < size:
+            if lengths is not None and buckets > 0:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
             return batches
         batches.append(batch)
         carry = waiting
@@ -139,13 +158,15 @@ def epoch_batches(pairs: list[tuple[str, str]], size: int, seed: int, epoch: int
 class BatchSchedule:
     """Global batch number -> pair indices, the same for every process and after any resume."""
 
-    def __init__(self, pairs, size: int, seed: int):
+    def __init__(self, pairs, size: int, seed: int, lengths: list[int] | None = None, buckets: int = 0):
         self.pairs, self.size, self.seed = pairs, size, seed
+        self.lengths, self.buckets = lengths, buckets
         self._epochs: list[list[list[int]]] = []
 
     def _epoch(self, epoch: int) -> list[list[int]]:
         while len(self._epochs) <= epoch:
-            self._epochs.append(epoch_batches(self.pairs, self.size, self.seed, len(self._epochs)))
+            self._epochs.append(epoch_batches(self.pairs, self.size, self.seed, len(self._epochs), self.lengths,
+                                              self.buckets))
         return self._epochs[epoch]
 
     def batch(self, number: int) -> list[tuple[str, str]]:
@@ -297,6 +318,7 @@ class Trainer:
         np.random.seed(config.seed)
         model = NoteEncoder(self.model_config, device=accelerator.device)
         model.train()
+        model.lean_training = config.lean_training
         if self.init_from and saved is None:
             model.load_weights(Path(self.init_from) / "model.safetensors")
         loss_module = ContrastiveLoss(config.temperature_init, config.learn_temperature, config.note_weight,
@@ -307,7 +329,15 @@ class Trainer:
 
         features = feature_cache_for(model, self.workspace.root)
         global_batch = config.batch_pairs * world
-        schedule = BatchSchedule(split.train_pairs, global_batch, config.seed)
+        lengths = None
+        if config.length_buckets:
+            tokens = {}
+            for pair in split.train_pairs:
+                for note_id in pair:
+                    if note_id not in tokens:
+                        tokens[note_id] = len(model.prompts.build(notes_by_id[note_id]).ids)
+            lengths = [max(tokens[a], tokens[b]) for a, b in split.train_pairs]
+        schedule = BatchSchedule(split.train_pairs, global_batch, config.seed, lengths, config.length_buckets)
         start_step = 0
         if saved is not None:
             checkpoint = latest_checkpoint(self.run_dir)
@@ -419,6 +449,8 @@ class Trainer:
         unwrapped = model.module if hasattr(model, "module") else model
         notes = [notes_by_id[a] for a, _ in pairs] + [notes_by_id[b] for _, b in pairs]
         batch = unwrapped.collate(notes)
+        mask = batch["attention_mask"]
+        self._tokens = (int(mask.sum()), mask.numel())  # real tokens and padded positions: the step's padding
         vision, has_image = model_features(unwrapped, features, batch["images"])
         return model(batch, vision=vision, has_image=has_image)
 
@@ -429,6 +461,7 @@ class Trainer:
         started = time.perf_counter()
         totals = {"loss": 0.0, "note_loss": 0.0, "visual_loss": 0.0}
         gate = None
+        real_tokens = positions = 0
         for micro in range(config.grad_accum):
             pairs = schedule.batch((step - 1) * config.grad_accum + micro)
             local = pairs[rank * config.batch_pairs:(rank + 1) * config.batch_pairs]
@@ -436,6 +469,7 @@ class Trainer:
             context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
             with context:
                 output = self._forward(wrapped, features, local, notes_by_id)
+                real_tokens, positions = real_tokens + self._tokens[0], positions + self._tokens[1]
                 losses = loss_module(output.embedding, output.visual_embedding)
                 loss = losses["loss"]
                 if not torch.isfinite(loss.detach()).item():
@@ -465,7 +499,8 @@ class Trainer:
         row = {"step": step, "total": config.steps, "loss": totals["loss"], "note_loss": totals["note_loss"],
                "lr": lrs.get("new_modules", next(iter(lrs.values()))), "lrs": lrs,
                "temperature": loss_module.temperature.item(), "scale": loss_module.scale,
-               "notes_per_s": notes / elapsed if elapsed > 0 else None, "step_s": elapsed, "grad_norm": grad_norm}
+               "notes_per_s": notes / elapsed if elapsed > 0 else None, "step_s": elapsed, "grad_norm": grad_norm,
+               "padding_fraction": 1.0 - real_tokens / positions if positions else 0.0}
         if "visual_loss" in losses:
             row["visual_loss"] = totals["visual_loss"]
         if gate is not None:
