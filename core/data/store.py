@@ -140,11 +140,26 @@ class Store:
         db["notes"].create_index(["dataset", "position"], if_not_exists=True)
         db["notes"].create_index(["image"], if_not_exists=True)
         # Words of the titles, for the note picker: a full-text index over the notes table's own rows (external
-        # content, so titles are not stored twice). A workspace made before it existed is indexed once here.
-        if not db.conn.execute("select 1 from sqlite_master where name = 'notes_fts'").fetchone():
-            db.conn.execute("create virtual table if not exists notes_fts using fts5(title, content='notes',"
-                            " content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')")
-            db.conn.execute("insert into notes_fts(notes_fts) values ('rebuild')")
+        # content, so titles are not stored twice), with prefix indexes for the 1-3 letters a user has typed so
+        # far (without them "w1"* merged a thousand words' lists: 240 ms at a million notes, 1.4 ms with).
+        # A workspace made before it (or before its prefix indexes) is indexed once here.
+        def current() -> bool:
+            found = db.conn.execute("select sql from sqlite_master where name = 'notes_fts'").fetchone()
+            return bool(found) and "prefix" in found[0]
+
+        if not current():
+            db.conn.execute("BEGIN IMMEDIATE")  # two processes opening an old workspace build it once
+            try:
+                if not current():
+                    db.conn.execute("drop table if exists notes_fts")
+                    db.conn.execute("create virtual table notes_fts using fts5(title, content='notes',"
+                                    " content_rowid='rowid', tokenize='unicode61 remove_diacritics 2',"
+                                    " prefix='1 2 3')")
+                    db.conn.execute("insert into notes_fts(notes_fts) values ('rebuild')")
+                db.conn.execute("COMMIT")
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
 
     # ---------------------------------------------------------------------------------------- reading
     def list_datasets(self) -> list[DatasetInfo]:
