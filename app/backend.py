@@ -81,8 +81,8 @@ class Backend:
         for row in self.variants(dataset):
             if row.name == name:
                 return row
-        zero_shot = name in ZERO_SHOT
-        return Variant(name=name, kind="zero-shot" if zero_shot else "run", variant=name, dataset=dataset or "")
+        return self.workbench.variant(dataset, name) if name in ZERO_SHOT else \
+            Variant(name=name, kind="run", variant=name, dataset=dataset or "")
 
     # ------------------------------------------------------------------------------------ start-up
     def start_background(self) -> threading.Thread:
@@ -117,8 +117,9 @@ def variant_label(row: Variant) -> str:
 
 
 def describe(name: str, row: Variant | None = None) -> str:
-    variant = row.variant if row is not None and row.variant else name
-    return VARIANT_DESCRIPTIONS.get(variant, VARIANT_DESCRIPTIONS.get(name, ""))
+    if row is not None:
+        return row.description
+    return VARIANT_DESCRIPTIONS.get(name, "")
 
 
 def message(error: BaseException) -> str:

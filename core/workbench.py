@@ -57,6 +57,10 @@ VARIANT_DESCRIPTIONS = {
     "zs-mlrm": "zero-shot: untrained MLRM (micl+late, no fine-tuning)",
 }
 
+# Zero-shot baselines that are an (untrained) NoteEncoder, by architecture: they have attention to look into
+# and, with late fusion, a gate. The others are frozen embedders without an LLM read-out to analyse.
+ZERO_SHOT_ARCHITECTURES = {"zs-mlrm": "micl+late"}
+
 __all__ = ["Workbench", "Variant", "RunRecord", "Job", "JobState", "Hit", "Evaluation", "MODALITIES",
            "ZERO_SHOT", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
 
@@ -96,8 +100,15 @@ class Variant:
         return "late" in self.variant
 
     @property
+    def has_attention(self) -> bool:
+        """A NoteEncoder inside (a run, or the untrained MLRM): saliency, attention maps and gates apply."""
+        return not self.zero_shot or self.name in ZERO_SHOT_ARCHITECTURES
+
+    @property
     def description(self) -> str:
-        return VARIANT_DESCRIPTIONS.get(self.variant, VARIANT_DESCRIPTIONS.get(self.name, ""))
+        if self.zero_shot:
+            return VARIANT_DESCRIPTIONS.get(self.name, "zero-shot baseline")
+        return VARIANT_DESCRIPTIONS.get(self.variant, "")
 
 
 @dataclass(frozen=True)
@@ -341,7 +352,8 @@ class Workbench:
         rows = [Variant(name=r.run, kind="run", variant=r.variant, dataset=dataset, steps=r.step, status=r.status)
                 for r in sorted(self.runs.all_runs(), key=lambda r: r.updated_at, reverse=True)
                 if r.dataset == dataset and r.finished and r.has_weights]
-        rows += [Variant(name=name, kind="zero-shot", variant=name, dataset=dataset) for name in ZERO_SHOT]
+        rows += [Variant(name=name, kind="zero-shot", variant=ZERO_SHOT_ARCHITECTURES.get(name, name), dataset=dataset)
+                 for name in ZERO_SHOT]
         return rows
 
     def variant(self, dataset: str | None, name: str) -> Variant:
@@ -350,7 +362,8 @@ class Workbench:
             if row.name == name:
                 return row
         if name in ZERO_SHOT:
-            return Variant(name=name, kind="zero-shot", variant=name, dataset=dataset or "")
+            return Variant(name=name, kind="zero-shot", variant=ZERO_SHOT_ARCHITECTURES.get(name, name),
+                           dataset=dataset or "")
         record = self.runs.get(name)
         return Variant(name=name, kind="run", variant=record.variant, dataset=record.dataset, steps=record.step,
                        status=record.status)

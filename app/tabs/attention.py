@@ -21,9 +21,10 @@ _saliency_cache: dict[tuple, pd.DataFrame] = {}
 
 
 def _mlrm_choices(backend: Backend, dataset) -> list[tuple[str, str]]:
-    """Variants with an LLM inside: trained runs and the untrained MLRM (the frozen embedders have no attention)."""
-    return [(label, name) for label, name in backend.variant_choices(dataset)
-            if not name.startswith("zs-") or name == "zs-llm"]
+    """Variants with a NoteEncoder inside: trained runs and the untrained MLRM (the frozen embedders and the
+    plain LLM baseline have no connector, slot or gate to look into)."""
+    analysable = {v.name for v in backend.variants(dataset) if v.has_attention}
+    return [(label, name) for label, name in backend.variant_choices(dataset) if name in analysable]
 
 
 def _pairs(backend: Backend, dataset, count: int, seed: int = 0):
@@ -136,7 +137,7 @@ def gates(backend: Backend, dataset, name, note_id, sample, progress=gr.Progress
 
 
 def build(backend: Backend, dataset: gr.Dropdown):
-    gr.Markdown("Where does the note vector look? Needs variants with an LLM inside (trained runs or `zs-llm`).",
+    gr.Markdown("Where does the note vector look? Needs variants with a NoteEncoder inside (trained runs or `zs-mlrm`, the untrained one).",
                 elem_classes=["wb-intro"])
     with gr.Accordion("Saliency per layer (S_v, S_t, S_o)", open=True):
         with gr.Row():

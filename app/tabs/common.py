@@ -107,7 +107,7 @@ def _default_selection(names: list[str], count: int, variant_of: dict[str, str] 
     def rank(item):
         position, name = item
         variant = variant_of.get(name, name)
-        if name.startswith("zs-") and variant == name:
+        if name.startswith("zs-"):  # baselines after every trained run, whatever their architecture
             return (3 if name == "zs-concat" else 4, position)
         return ({"micl+late": 0, "basic": 1}.get(variant, 2), position)
 

@@ -36,6 +36,10 @@ def test_variants_are_typed_runs_first_then_zero_shot(workspace):
     assert run.kind == "run" and run.variant == "micl+late" and run.steps == 3 and run.late_fusion
     assert run.description and not run.zero_shot and variants[1].zero_shot
     assert wb.variant("toy", "zs-llm").zero_shot and wb.variants(None) == []
+    # Only NoteEncoders have attention to analyse: runs and the untrained MLRM, not the frozen embedders.
+    mlrm, llm = wb.variant("toy", "zs-mlrm"), wb.variant("toy", "zs-llm")
+    assert mlrm.has_attention and mlrm.late_fusion and "untrained" in mlrm.description
+    assert not llm.has_attention and run.has_attention
     record = wb.run("tiny-run")
     assert record.finished and record.has_weights and record.test_fraction == 0.3 and record.split_seed == 7
 
