@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.errors import WorkbenchError
 from core.models.note_encoder import CONFIG_FILE, VARIANTS, WEIGHTS_FILE
-from core.runs import SHIPPED_CHECKPOINTS
+from core.runs import RUN_FILE, SHIPPED_CHECKPOINTS, RunStore, read_run_file, write_run_file
 from core.workspace import REPO_ROOT, Workspace
 
 CHECKPOINTS_DIR = SHIPPED_CHECKPOINTS
@@ -46,10 +46,10 @@ def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dic
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, dtype=torch.bfloat16, int8=True)
-    info = json.loads((source / "run.json").read_text())
+    info = RunStore(workspace).read(run)
     if shipped_name:
         info["trained_as"], info["run"] = info["run"], shipped_name
-    (out / "run.json").write_text(json.dumps(info, indent=2))
+    write_run_file(out, info)
     if (source / "events.jsonl").exists():
         shutil.copy2(source / "events.jsonl", out / "events.jsonl")
     if evaluation is not None:
@@ -93,8 +93,7 @@ def evaluate_shipped(workspace: Workspace, directory: Path = CHECKPOINTS_DIR, lo
     from core.service import evaluate_variant
 
     for run in install_checkpoints(workspace, directory):
-        folder = next(p for p in directory.iterdir() if (p / "run.json").exists()
-                      and json.loads((p / "run.json").read_text())["run"] == run)
+        folder = next(p for p in directory.iterdir() if (p / RUN_FILE).exists() and read_run_file(p)["run"] == run)
         evaluation = {modality: evaluate_variant(workspace, run, DEMO_DATASET, modality=modality)
                       for modality in ("both", "image", "text")}
         (folder / "eval.json").write_text(json.dumps(evaluation, indent=1))

@@ -46,6 +46,20 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(staging, path)
 
 
+def read_run_file(folder: Path) -> dict:
+    """run.json of any run-shaped folder: a workspace run, or a shipped checkpoint beside the repository."""
+    path = Path(folder) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise WorkbenchError(f"'{Path(folder).name}' has no readable run.json") from None
+
+
+def write_run_file(folder: Path, info: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(folder) / RUN_FILE, info)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A run as the rest of the workbench sees it. `info` keeps the whole run.json, read-only."""
@@ -143,8 +157,7 @@ class RunStore:
 
     # ------------------------------------------------------------------------------------ writing
     def write(self, run: str, info: dict) -> None:
-        self.folder(run).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder(run) / RUN_FILE, info)
+        write_run_file(self.folder(run), info)
 
     def update(self, run: str, **changes) -> dict:
         info = self.read(run)
@@ -162,7 +175,7 @@ class RunStore:
         for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
             if not all((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, RUN_FILE)):
                 continue
-            run = json.loads((folder / RUN_FILE).read_text())["run"]
+            run = read_run_file(folder)["run"]
             target = self.folder(run)
             marker = target / SHIPPED_MARKER
             digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
