@@ -74,10 +74,10 @@ def _sampled_umap(vectors: np.ndarray, seed: int, fit_size: int, **settings) -> 
     rest = np.ones(count, dtype=bool)
     rest[rows] = False
     placed = np.flatnonzero(rest)
+    placer = NeighbourPlacer(sample, sample_coords, settings.get("n_neighbors", 15), settings.get("metric", "cosine"))
     for start in range(0, len(placed), 200_000):  # a memmapped corpus is read a slice at a time
         chunk = placed[start:start + 200_000]
-        coords[chunk] = place_by_neighbours(sample, sample_coords, np.asarray(vectors[chunk], dtype=np.float32),
-                                            k=settings.get("n_neighbors", 15), metric=settings.get("metric", "cosine"))
+        coords[chunk] = placer.place(np.asarray(vectors[chunk], dtype=np.float32))
     return coords
 
 
@@ -87,36 +87,50 @@ def place_by_neighbours(sample: np.ndarray, sample_coords: np.ndarray, vectors: 
     ones weighing more (how umap-learn's `transform` starts before its refinement epochs, which cost more than
     they move a point on a map this size). Neighbours are found by faiss (IVF) in the sample's top principal
     directions, which keeps a million queries to seconds."""
-    import faiss
+    return NeighbourPlacer(sample, sample_coords, k, metric).place(vectors)
 
-    k = max(1, min(k, len(sample)))
-    if metric == "cosine":
-        sample = sample / np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    mean = sample.mean(axis=0, keepdims=True)
-    rank = min(PLACE_RANK, sample.shape[1], len(sample))
-    # Principal directions from the d x d covariance (an SVD of the sample itself took seconds here).
-    _, eigenvectors = np.linalg.eigh(np.cov((sample - mean).T.astype(np.float64)))
-    basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :rank], dtype=np.float32)
-    reduced = np.ascontiguousarray((sample - mean) @ basis, dtype=np.float32)
-    if len(sample) >= 64 * 39:
-        # Scanning every sample point per query was the slow part (5k x 1M); 64 cells, 6 probed, find
-        # 0.96-0.99 of the exact neighbours, and a placement averages 15 of them anyway.
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rank), rank, 64)
-        index.train(reduced)
-        index.nprobe = 6
-    else:
-        index = faiss.IndexFlatL2(rank)
-    index.add(reduced)
-    distances, found = index.search(np.ascontiguousarray((vectors - mean) @ basis, dtype=np.float32), k)
-    short = found < 0  # a query short of k neighbours repeats its nearest
-    found, distances = np.where(short, found[:, :1], found), np.where(short, distances[:, :1], distances)
-    distances = np.sqrt(np.maximum(distances, 0))
-    # A kernel scaled per point by its own neighbour distances (UMAP's local-connectivity idea).
-    spread = np.maximum(distances[:, -1:] - distances[:, :1], 1e-6)
-    weights = np.exp(-(distances - distances[:, :1]) / spread)
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.einsum("nk,nkc->nc", weights, sample_coords[found]).astype(np.float32)
+
+class NeighbourPlacer:
+    """The sample's principal directions and k-NN index, built once and applied to any number of chunks."""
+
+    def __init__(self, sample: np.ndarray, sample_coords: np.ndarray, k: int = 15, metric: str = "cosine"):
+        import faiss
+
+        self.k, self.metric, self.coords = max(1, min(k, len(sample))), metric, sample_coords
+        sample = self._normalised(np.asarray(sample, dtype=np.float32))
+        self.mean = sample.mean(axis=0, keepdims=True)
+        rank = min(PLACE_RANK, sample.shape[1], len(sample))
+        # Principal directions from the d x d covariance (an SVD of the sample itself took seconds here).
+        _, eigenvectors = np.linalg.eigh(np.cov((sample - self.mean).T.astype(np.float64)))
+        self.basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :rank], dtype=np.float32)
+        reduced = np.ascontiguousarray((sample - self.mean) @ self.basis, dtype=np.float32)
+        if len(sample) >= 64 * 39:
+            # Scanning every sample point per query was the slow part (5k x 1M); 64 cells, 6 probed, find
+            # 0.96-0.99 of the exact neighbours, and a placement averages 15 of them anyway.
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rank), rank, 64)
+            self.index.train(reduced)
+            self.index.nprobe = 6
+        else:
+            self.index = faiss.IndexFlatL2(rank)
+        self.index.add(reduced)
+
+    def _normalised(self, vectors: np.ndarray) -> np.ndarray:
+        if self.metric != "cosine":
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def place(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = self._normalised(np.asarray(vectors, dtype=np.float32))
+        distances, found = self.index.search(np.ascontiguousarray((vectors - self.mean) @ self.basis,
+                                                                  dtype=np.float32), self.k)
+        short = found < 0  # a query short of k neighbours repeats its nearest
+        found, distances = np.where(short, found[:, :1], found), np.where(short, distances[:, :1], distances)
+        distances = np.sqrt(np.maximum(distances, 0))
+        # A kernel scaled per point by its own neighbour distances (UMAP's local-connectivity idea).
+        spread = np.maximum(distances[:, -1:] - distances[:, :1], 1e-6)
+        weights = np.exp(-(distances - distances[:, :1]) / spread)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkc->nc", weights, self.coords[found]).astype(np.float32)
 
 
 def _cache_path(cache_dir: Path, key: str | None, vectors: np.ndarray, settings: dict) -> Path:
