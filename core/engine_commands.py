@@ -14,10 +14,6 @@ from core.cli import add_workspace_argument
 from core.errors import WorkbenchError
 
 _TRAIN_FIXED = {"dataset", "variant", "run", "preset", "steps", "device"}
-# Model options a training run may change (the rest of NoteEncoderConfig comes from the preset).
-_MODEL_OPTIONS = {"llm": str, "vision": str, "llm_tuning": str, "lora_rank": int, "lora_alpha": int,
-                  "connector": str, "num_query_tokens": int, "qformer_width": int, "qformer_layers": int,
-                  "qformer_heads": int, "embedding_dim": int, "backbone_dtype": str}
 
 
 def _bool(text: str) -> bool:
@@ -27,6 +23,13 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(text)
+
+
+# Model options a training run may change (the rest of NoteEncoderConfig comes from the preset).
+_MODEL_OPTIONS = {"llm": str, "vision": str, "llm_tuning": str, "lora_rank": int, "lora_alpha": int,
+                  "connector": str, "num_query_tokens": int, "qformer_width": int, "qformer_layers": int,
+                  "qformer_heads": int, "embedding_dim": int, "backbone_dtype": str, "image_preprocessing": str,
+                  "center_states": _bool}
 
 
 def register(subparsers) -> None:

@@ -68,22 +68,55 @@ def progress_html(job: Job | None) -> str:
             f'</div><div class="wb-bar"><div style="width:{100 * share:.1f}%"></div></div></div>')
 
 
+IMAGE_PATH_LINES = (("zs_image_r10", "frozen tower alone (zs-image)", "#888888", "dash"),
+                    ("connector_probe_r10", "connector probe", "#e07b39", "solid"),
+                    ("nv_r10", "image side n_v (mICL)", "#2a9d8f", "solid"),
+                    ("image_only_r10", "note vector, image only", "#4f6bed", "solid"),
+                    ("connector_variation", "connector variation", "#b5179e", "dot"))
+
+
 def curves(events: list[dict]):
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "Recall@k on held-out pairs"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "Recall@k on held-out pairs",
+                                                        "image path (image-only Recall@10)"))
     steps = [e.get("step") for e in events if e.get("loss") is not None]
     if steps:
         fig.add_trace(go.Scatter(x=steps, y=[e["loss"] for e in events if e.get("loss") is not None],
                                  mode="lines", name="loss", line=dict(color="#4f6bed")), row=1, col=1)
+    visual = [e for e in events if e.get("visual_loss") is not None]
+    if visual:
+        fig.add_trace(go.Scatter(x=[e["step"] for e in visual], y=[e["visual_loss"] for e in visual], mode="lines",
+                                 name="image-side loss (n_v)", line=dict(color="#2a9d8f")), row=1, col=1)
+    evals = [e for e in events if e.get("event") == "eval"]
+    chance = next((e["image_path"]["chance_loss"] for e in reversed(evals)
+                   if isinstance(e.get("image_path"), dict) and e["image_path"].get("chance_loss")), None)
+    if chance and steps:
+        fig.add_trace(go.Scatter(x=[min(steps), max(steps)], y=[chance, chance], mode="lines",
+                                 name="chance loss ln(2B-1)", line=dict(color="#999999", dash="dash")), row=1, col=1)
     metric_keys = sorted({k for e in events for k in e if k.startswith("recall@") and not k.endswith(("_low", "_high", "_lo", "_hi"))},
                          key=lambda k: int("".join(ch for ch in k.split("@")[1] if ch.isdigit()) or 0))
     for i, key in enumerate(metric_keys):
         rows = [e for e in events if e.get(key) is not None]
         fig.add_trace(go.Scatter(x=[e.get("step") for e in rows], y=[e[key] for e in rows], mode="lines+markers",
                                  name=key), row=1, col=2)
-    fig.update_layout(height=320, template="plotly_white", margin=dict(l=40, r=10, t=40, b=40),
+    health = [e for e in evals if isinstance(e.get("image_path"), dict) and e["image_path"]]
+    for key, label, colour, dash in IMAGE_PATH_LINES:
+        rows = [e for e in health if e["image_path"].get(key) is not None]
+        if rows:
+            fig.add_trace(go.Scatter(x=[e["step"] for e in rows], y=[e["image_path"][key] for e in rows],
+                                     mode="lines+markers", name=label, line=dict(color=colour, dash=dash)),
+                          row=1, col=3)
+    fig.update_layout(height=340, template="plotly_white", margin=dict(l=40, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title_text="step")
     return fig
+
+
+def image_path_warning(events: list[dict]) -> str:
+    """The last evaluation's sentence when the run's image path looks broken, as escaped HTML."""
+    last = next((e for e in reversed(events) if e.get("event") == "eval"), None)
+    if not last or not last.get("warning"):
+        return ""
+    return f'<div class="wb-warning" id="ft-image-path-warning">{esc(last["warning"])}</div>'
 
 
 def poll(backend: Backend, job_id, last_state):
@@ -101,7 +134,8 @@ def poll(backend: Backend, job_id, last_state):
         else:
             warning_toast(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
     resumable = job.state in (JobState.CANCELLED, JobState.FAILED)
-    return (progress_html(job), curves(events), job.log_tail, job.state.value, gr.Timer(active=active),
+    return (progress_html(job) + image_path_warning(events), curves(events), job.log_tail, job.state.value,
+            gr.Timer(active=active),
             gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
 
 

@@ -70,6 +70,10 @@ class NoteEncoderConfig:
     lora_alpha: int = 32
     backbone_dtype: str = "bfloat16"  # frozen backbone weights; trainable modules stay fp32
     image_preprocessing: str = "pad"  # pad | stretch (core/models/vision.py, square_on_white)
+    # Subtract a learnable offset (started at the first batch's mean state) from n_m and n_v before fusion
+    # and the head: a causal LLM's final states share a large common direction (cosine ~0.97 between notes
+    # at the same position), which a head without bias has to unlearn before the embeddings can spread.
+    center_states: bool = False
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self):
@@ -164,6 +168,10 @@ class NoteEncoder(nn.Module):
         self.slot_embedding = nn.Parameter(embeddings.mean(0)) if config.image_mode == "micl" else None
         self.fusion = LateFusionGate(self.vision.width, llm_width) if config.late_fusion else None
         self.head = nn.Linear(llm_width, config.embedding_dim, bias=False)
+        self.state_offset = None
+        if config.center_states:
+            self.state_offset = nn.Parameter(torch.zeros(2, llm_width))  # row 0: n_m, row 1: n_v
+            self.register_buffer("state_offset_calibrated", torch.tensor(False))
         if config.llm_tuning == "lora":
             self._add_lora()
         num_visual = self.connector.num_tokens if self.connector is not None else 0
@@ -176,6 +184,9 @@ class NoteEncoder(nn.Module):
         # Training forwards of a frozen-base LLM (LoRA, or frozen) run through core/models/lora_train.py (same
         # function, about half the step time on CPU); False forces peft + transformers, the reference.
         self.lean_training = True
+        # Long encoding jobs may run the inference path through torch.compile (fast_decoder.compiled_forward);
+        # off by default: compiling costs minutes, more than an interactive query gains.
+        self.compile_inference = False
         self._lean_llm: lora_train.TrainWeights | None = None
         self.to(resolve_device(device) if not isinstance(device, torch.device) else device)
 
@@ -225,6 +236,14 @@ class NoteEncoder(nn.Module):
             self._fused_llm = None
             self._fused_llm = fast_decoder.FusedWeights(self.llm, dtype)
         return self._fused_llm
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True until a first batch has fixed the data-dependent starting values (late fusion's image scale,
+        the state offset); the trainer runs that batch before any process diverges."""
+        fusion = self.fusion is not None and not bool(self.fusion.calibrated)
+        offset = self.state_offset is not None and not bool(self.state_offset_calibrated)
+        return fusion or offset
 
     @property
     def device(self) -> torch.device:
@@ -312,11 +331,22 @@ class NoteEncoder(nn.Module):
                                       **llm_kwargs).last_hidden_state
         if fast:
             weights = self._fused_llm_weights(torch.bfloat16 if use_autocast else None)
-            hidden = fast_decoder.forward(self.llm, weights, embeds)
+            decoder_forward = fast_decoder.compiled_forward if self.compile_inference else fast_decoder.forward
+            hidden = decoder_forward(self.llm, weights, embeds)
         note_state = hidden[rows, batch["last_index"].to(device)].float()
         visual_state = None
         if self.config.image_mode == "micl":
             visual_state = hidden[rows, batch["visual_index"].to(device)].float()
+        if self.state_offset is not None:
+            if not bool(self.state_offset_calibrated):
+                with torch.no_grad():
+                    self.state_offset[0].copy_(note_state.detach().mean(0))
+                    if visual_state is not None:
+                        self.state_offset[1].copy_(visual_state.detach().mean(0))
+                    self.state_offset_calibrated.fill_(True)
+            note_state = note_state - self.state_offset[0]
+            if visual_state is not None:
+                visual_state = visual_state - self.state_offset[1]
         output = NoteEncoderOutput(embedding=None, note_state=note_state, visual_state=visual_state,
                                    has_image=has_image)
         fused_note, fused_visual = note_state, visual_state

@@ -55,6 +55,7 @@ class TrainConfig:
     temperature_init: float = 3.0
     weight_decay: float = 0.001
     warmup_ratio: float = 0.1
+    connector_warmup_steps: int = 0  # steps at the start where only the new modules learn (the LLM waits)
     max_grad_norm: float = 1.0
     note_weight: float = 9.0  # mICL: w_m
     visual_weight: float = 1.0  # mICL: w_v
@@ -266,8 +267,17 @@ class Trainer:
         param_groups = [g for g in param_groups if g["params"]]
         optimizer = torch.optim.AdamW(param_groups, lr=config.lr_new, betas=(0.9, 0.999), eps=1e-8)
         warmup = int(math.ceil(config.warmup_ratio * config.steps))
+        hold = config.connector_warmup_steps
+
+        def multiplier(group_name: str):
+            if group_name.startswith("llm") and hold > 0:
+                # The LLM waits while the new modules learn to carry the picture, then warms up on its own.
+                return lambda step: 0.0 if step < hold else lr_multiplier(step - hold, config.steps - hold,
+                                                                           warmup)
+            return lambda step: lr_multiplier(step, config.steps, warmup)
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, config.steps, warmup))
+            optimizer, [multiplier(group["name"]) for group in optimizer.param_groups])
         return optimizer, scheduler
 
     # ------------------------------------------------------------------------------------------ run
@@ -348,9 +358,10 @@ class Trainer:
             if start_step >= config.steps:
                 raise WorkbenchError(f"run '{config.run}' is finished already ({start_step}/{config.steps} steps)")
         else:
-            if model.fusion is not None:
-                # Calibrate the late-fusion image projection on the first *global* batch, before DDP wraps the
-                # model: every process then starts from the same weights as a one-process run would.
+            if model.needs_calibration:
+                # Calibrate the late-fusion image projection and the state offset on the first *global* batch,
+                # before DDP wraps the model: every process then starts from the same weights as a one-process
+                # run would.
                 with torch.no_grad():
                     self._forward(model, features, schedule.batch(0), notes_by_id)
             if is_main:
