@@ -10,6 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from core.errors import WorkbenchError
 from core.runs import SHIPPED_CHECKPOINTS, shipped_checkpoints_dir
@@ -63,8 +64,8 @@ class Backend:
             return "sample"
         return names[0] if names else None
 
-    def related(self, dataset: str) -> dict[str, set[str]]:
-        """note_id -> ids it is paired with (the known related notes, both directions)."""
+    def related(self, dataset: str) -> Mapping[str, frozenset[str]]:
+        """note_id -> ids it is paired with (the known related notes, both directions); read-only."""
         return self.workbench.related(dataset)
 
     # ------------------------------------------------------------------------------------ variants

@@ -187,10 +187,12 @@ class Evaluation:
 # ---------------------------------------------------------------------------------- in-memory pools
 @dataclass
 class _Corpus:
-    """A dataset's notes in store order, valid while the dataset's fingerprint holds."""
+    """A dataset's notes in store order (and, once asked for, its pairs as a relation), valid while the
+    dataset's fingerprint holds."""
     fingerprint: tuple
     notes: list[Note]
     row_of: dict[str, int]
+    related: dict[str, frozenset[str]] | None = None
 
 
 @dataclass
@@ -289,13 +291,17 @@ class Workbench:
             raise WorkbenchError(f"dataset '{dataset}' has no note '{note_id}'")
         return corpus.notes[row]
 
-    def related(self, dataset: str) -> dict[str, set[str]]:
-        """note_id -> ids it is paired with (the known related notes, both directions)."""
-        out: dict[str, set[str]] = {}
-        for a, b in self.store.pairs(dataset):
-            out.setdefault(a, set()).add(b)
-            out.setdefault(b, set()).add(a)
-        return out
+    def related(self, dataset: str) -> Mapping[str, frozenset[str]]:
+        """note_id -> ids it is paired with (the known related notes, both directions); read-only, kept in
+        memory with the notes, since every search marks its related hits."""
+        corpus = self._corpus(dataset)
+        if corpus.related is None:
+            out: dict[str, set[str]] = {}
+            for a, b in self.store.pairs(dataset):
+                out.setdefault(a, set()).add(b)
+                out.setdefault(b, set()).add(a)
+            corpus.related = MappingProxyType({note: frozenset(ids) for note, ids in out.items()})
+        return corpus.related
 
     def delete_dataset(self, name: str, confirm: str | None = None) -> None:
         """Delete a dataset, its images no other dataset uses, and every cached vector, evaluation or map
@@ -324,8 +330,9 @@ class Workbench:
             self._local.connection = connection
         row = connection.execute("select name, created_at, notes, pairs from datasets where name = ?",
                                  [dataset]).fetchone()
-        if row is None:
-            self.store.dataset(dataset)  # raises the store's "unknown dataset" message
+        if row is None:  # the store's "unknown dataset" message, or a dataset imported a moment ago
+            info = self.store.dataset(dataset)
+            return (info.name, info.created_at, info.notes, info.pairs)
         return tuple(row)
 
     def _corpus(self, dataset: str) -> _Corpus:
