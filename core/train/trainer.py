@@ -30,13 +30,12 @@ import torch
 from core.errors import WorkbenchError
 from core.models.note_encoder import VARIANTS, NoteEncoder, NoteEncoderConfig
 from core.runtime import configure_threads, resolve_device
-from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from core.runs import EVENTS_FILE, RUN_FILE, read_run_file, write_run_file
+from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.train.loss import ContrastiveLoss
 from core.workspace import Workspace
 
 PRESETS = ("tiny", "cpu", "reference")
-RUN_FILE = "run.json"
-EVENTS_FILE = "events.jsonl"
 
 
 @dataclass
@@ -241,7 +240,7 @@ class Trainer:
         if self.resume:
             if not run_file.exists():
                 raise WorkbenchError(f"run '{self.config.run}' has nothing to resume ({self.run_dir} holds no {RUN_FILE})")
-            return json.loads(run_file.read_text())
+            return read_run_file(self.run_dir)
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise WorkbenchError(f"run folder {self.run_dir} exists already; pass --resume to continue it, "
                                  f"or choose another --run")
@@ -366,7 +365,7 @@ class Trainer:
                     self._forward(model, features, schedule.batch(0), notes_by_id)
             if is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(self.run_dir / RUN_FILE, {
+                write_run_file(self.run_dir, {
                     "run": config.run, "dataset": config.dataset, "variant": config.variant, "preset": config.preset,
                     "split_seed": config.split_seed, "test_fraction": config.test_fraction,
                     "distractor_fraction": config.distractor_fraction, "world_size": world,
@@ -611,11 +610,10 @@ class Trainer:
         os.replace(staging, path)
 
     def _update_run(self, **changes) -> None:
-        path = self.run_dir / RUN_FILE
-        data = json.loads(path.read_text())
+        data = read_run_file(self.run_dir)
         data.update(changes)
         data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json_atomic(path, data)
+        write_run_file(self.run_dir, data)
 
 
 class _null:
@@ -651,7 +649,7 @@ def train(workspace, dataset: str | None, variant: str | None, run: str, preset:
         run_file = workspace.run_dir(run) / RUN_FILE
         if not run_file.exists():
             raise WorkbenchError(f"run '{run}' has nothing to resume (no {run_file})")
-        saved = json.loads(run_file.read_text())
+        saved = read_run_file(workspace.run_dir(run))
         config = TrainConfig.from_dict({**saved["train"], "device": overrides.get("device") or saved["train"]["device"]})
         return Trainer(workspace, config, NoteEncoderConfig.from_dict(saved["model"]), resume=True,
                        on_step=on_step, progress_bar=progress_bar).run()
