@@ -33,6 +33,7 @@ from pathlib import Path
 
 from core.errors import WorkbenchError
 from core.models.note_encoder import VARIANTS
+from core.runs import RunStore
 from core.workspace import REPO_ROOT, Workspace
 
 ZERO_SHOT = ("zs-text", "zs-image", "zs-concat", "zs-llm")
@@ -561,13 +562,15 @@ def _earlier_passes(plan: ReproducePlan, workspace: Workspace) -> list[dict]:
 
 def _runs_created(plan: ReproducePlan, workspace: Workspace, began: str, ended: str | None = None) -> list[str]:
     """The table's runs whose training started in [began, ended]: the runs a pass trained."""
-    created_runs = []
+    created_runs, runs = [], RunStore(workspace)
     for variant in plan.variants:
         for seed in plan.seeds_for(variant):
             run = plan.run_name(variant, seed)
+            if not runs.exists(run):
+                continue
             try:
-                created = json.loads((workspace.run_dir(run) / "run.json").read_text()).get("created_at", "")
-            except (OSError, json.JSONDecodeError):
+                created = runs.get(run).created_at
+            except WorkbenchError:  # a run.json being written, or torn: not a run this pass finished
                 continue
             # Local ISO times (as the trainer writes them): string order is time order.
             if created >= began and (ended is None or created <= ended):

@@ -337,10 +337,13 @@ def machine_line() -> str:
 
 def training_summary(run_folder: Path) -> dict | None:
     """Steps, wall minutes, mean step time and final loss of one training run, from its run.json and events."""
+    from core.errors import WorkbenchError
+    from core.runs import EVENTS_FILE, read_run_file
+
     try:
-        info = json.loads((run_folder / "run.json").read_text())
-        events = [json.loads(line) for line in (run_folder / "events.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
+        info = read_run_file(run_folder)
+        events = [json.loads(line) for line in (run_folder / EVENTS_FILE).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError, WorkbenchError):
         return None
     steps = [event for event in events if "loss" in event and "step_s" in event]
     if not steps:
