@@ -133,12 +133,12 @@ def cmd_train(args) -> int:
 
     start, total = 0, args.steps
     if args.resume:  # the run's own step and total, not --steps' default
-        from core.workspace import Workspace
+        from core.runs import RunStore
 
         try:
-            info = json.loads((Workspace.open(args.workspace).run_dir(args.run) / "run.json").read_text())
-            start, total = int(info.get("step") or 0), int(info["train"]["steps"])
-        except (OSError, ValueError, KeyError, TypeError, WorkbenchError):
+            record = RunStore(args.workspace).get(args.run)
+            start, total = record.step, record.total_steps or total
+        except WorkbenchError:
             pass  # train() below says what is wrong with the run
     reporter.running(start, total, "loading the model", force=True)
     try:

@@ -126,7 +126,11 @@ class RunStore:
             raise WorkbenchError(f"unknown run '{run}' (it has no readable run.json)") from None
 
     def get(self, run: str) -> RunRecord:
-        return RunRecord.from_info(self.read(run), self.weights(run).exists())
+        info = self.read(run)
+        try:
+            return RunRecord.from_info(info, self.weights(run).exists())
+        except (TypeError, ValueError, AttributeError):
+            raise WorkbenchError(f"run '{run}' has a malformed run.json") from None
 
     def all_runs(self) -> list[RunRecord]:
         """Every readable run, by folder name; a folder being written (no run.json yet) is left out."""
