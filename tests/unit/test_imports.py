@@ -98,3 +98,10 @@ def test_the_library_does_not_import_the_experiments():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_only_the_run_store_names_the_run_file():
+    """run.json has one owner (core.runs): nobody else builds its path or parses it by hand."""
+    offenders = [module_name(p) for p in [*CORE.rglob("*.py"), *(REPO_ROOT / "app").rglob("*.py")]
+                 if p.name != "runs.py" and ('"run.json"' in p.read_text() or "'run.json'" in p.read_text())]
+    assert offenders == []
