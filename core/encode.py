@@ -43,11 +43,13 @@ def feature_cache_for(model, workspace_root) -> VisionFeatureCache | None:
 
 @torch.inference_mode()
 def encode_notes(model, notes: Sequence[Note], batch_size: int = 32, modality: str = "both",
-                 progress: Progress | None = None, workspace_root=None) -> np.ndarray:
+                 progress: Progress | None = None, workspace_root=None, compile: bool = False) -> np.ndarray:
     """(N, d) float32 L2-normalised vectors in the order of `notes`.
 
     NoteEncoders get their vision features from the workspace's disk cache; any other encoder (the
-    zero-shot baselines) is called through its own `.encode`."""
+    zero-shot baselines) is called through its own `.encode`. `compile=True` runs the LLM through
+    torch.compile with inductor's cache in the workspace's cache/inductor: worth it for large jobs only
+    (bench/README.md has the compile time, the cached start and the gain)."""
     from core.models.note_encoder import NoteEncoder
 
     notes = [note if isinstance(note, Note) else Note.from_dict(note) for note in notes]
@@ -55,8 +57,17 @@ def encode_notes(model, notes: Sequence[Note], batch_size: int = 32, modality: s
         return np.asarray(model.encode(notes, batch_size=batch_size, modality=modality, progress=progress),
                           dtype=np.float32)
     cache = feature_cache_for(model, workspace_root)
-    return model.encode(notes, batch_size=batch_size, modality=modality, progress=progress,
-                        image_features=lambda images: model_features(model, cache, images))
+    if compile:
+        from core.runtime import use_compile_cache
+
+        if workspace_root is not None:
+            use_compile_cache(Path(workspace_root) / "cache" / "inductor")
+        model.compile_inference = True
+    try:
+        return model.encode(notes, batch_size=batch_size, modality=modality, progress=progress,
+                            image_features=lambda images: model_features(model, cache, images))
+    finally:
+        model.compile_inference = False
 
 
 class VectorCache:

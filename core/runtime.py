@@ -85,3 +85,18 @@ def training_attention(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+def use_compile_cache(folder: str | os.PathLike) -> Path:
+    """Keep inductor's on-disk caches (FX graphs and compiled kernels) in `folder`, normally the workspace's
+    cache/inductor: a second run of the same shapes then starts in seconds instead of compiling for minutes.
+    Set before the first compilation. A TORCHINDUCTOR_CACHE_DIR the user chose wins; inductor's default
+    does not (inductor writes its default into the environment the first time it looks)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])

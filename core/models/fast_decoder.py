@@ -170,3 +170,23 @@ def forward(decoder: nn.Module, weights: FusedWeights, inputs_embeds: torch.Tens
         hidden = hidden + F.linear(gate.mul_(F.linear(normed, layer["up"], layer["up_bias"])), layer["down"],
                                    layer["down_bias"])
     return _rms_norm(hidden, weights.final_norm, weights.eps)
+
+
+# Compiled variant for long encoding jobs. Prompt lengths are padded up to a multiple of LENGTH_BUCKET so that
+# a job compiles a few shapes rather than one per batch (right pads are never seen by a real token under
+# causal attention, and are cut off again). Compiling takes minutes on a 2-core CPU: interactive queries
+# stay eager, and `core.runtime.use_compile_cache` keeps inductor's kernels in the workspace cache so that
+# the next run of the same shapes loads them instead.
+LENGTH_BUCKET = 32
+_compiled_forward = None
+
+
+def compiled_forward(decoder: nn.Module, weights: FusedWeights, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    global _compiled_forward
+    if _compiled_forward is None:
+        _compiled_forward = torch.compile(forward, dynamic=False)
+    length = inputs_embeds.shape[1]
+    padded = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+    if padded != length:
+        inputs_embeds = F.pad(inputs_embeds, (0, 0, 0, padded - length))
+    return _compiled_forward(decoder, weights, inputs_embeds)[:, :length]
