@@ -61,8 +61,8 @@ VARIANT_DESCRIPTIONS = {
 # and, with late fusion, a gate. The others are frozen embedders without an LLM read-out to analyse.
 ZERO_SHOT_ARCHITECTURES = {"zs-mlrm": "micl+late"}
 
-__all__ = ["Workbench", "Variant", "RunRecord", "Job", "JobState", "Hit", "Evaluation", "MODALITIES",
-           "ZERO_SHOT", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
+__all__ = ["Workbench", "Variant", "RunRecord", "Job", "JobState", "Hit", "Evaluation", "ACTIVE_JOB_STATES",
+           "MODALITIES", "ZERO_SHOT", "ZERO_SHOT_ARCHITECTURES", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
 
 
 # ------------------------------------------------------------------------------------------- the types
@@ -86,7 +86,7 @@ class Variant:
     """Something a view can encode with: a finished run trained on the dataset, or a zero-shot baseline."""
     name: str
     kind: str  # "run" | "zero-shot"
-    variant: str  # the architecture: one of TRAINABLE_VARIANTS, or the baseline's own name
+    variant: str  # the architecture: one of TRAINABLE_VARIANTS (zs-mlrm's too), else the baseline's own name
     dataset: str
     steps: int = 0
     status: str = "ready"
@@ -192,7 +192,7 @@ class _Corpus:
     fingerprint: tuple
     notes: list[Note]
     row_of: dict[str, int]
-    related: dict[str, frozenset[str]] | None = None
+    related: Mapping[str, frozenset[str]] | None = None
 
 
 @dataclass
