@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--init-from", help="start from the weights of this checkpoint folder (same architecture)")
     p.add_argument("--job", help=argparse_hidden())
+    p.add_argument("--spec", help=argparse_hidden())  # a worker's whole request as JSON (core.service.training_spec)
     for f in fields(TrainConfig):
         if f.name in _TRAIN_FIXED:
             continue
@@ -127,6 +128,12 @@ def cmd_train(args) -> int:
         overrides["learn_temperature"] = False
     if args.device:
         overrides["device"] = args.device
+    if args.spec:  # a worker: the request arrives whole, typed, from core.service.training_spec
+        spec = json.loads(args.spec)
+        if spec["run"] != args.run:
+            raise WorkbenchError(f"the job spec is for run '{spec['run']}', not '{args.run}'")
+        args.dataset, args.variant, args.preset, args.steps = spec["dataset"], spec["variant"], spec["preset"], spec["steps"]
+        overrides.update(spec["overrides"])
 
     def on_step(row: dict) -> None:
         reporter.running(row["step"], row["total"], f"step {row['step']}/{row['total']} loss {row['loss']:.4f}")

@@ -253,18 +253,11 @@ def evaluation_table(workspace, dataset: str, names: Sequence[str], modalities=M
 
 
 # --------------------------------------------------------------------------------------------- jobs
-_FLAG_TYPES = (bool, int, float, str)
-
-
-def _override_flags(overrides: dict) -> list[str]:
-    flags = []
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        # One "--key=value" word: a value that starts with '-' ("--resume" typed as a model name) stays a value.
-        flags.append(f"--{key.replace('_', '-')}={text}")
-    return flags
+def training_spec(dataset: str, variant: str, run: str, preset: str, steps: int, overrides: dict) -> str:
+    """The one description of a training request a worker receives: JSON, so values keep their types and a
+    value that looks like a flag ("--resume" typed as a model name) stays a value."""
+    return json.dumps({"dataset": dataset, "variant": variant, "run": run, "preset": preset, "steps": int(steps),
+                       "overrides": {key: value for key, value in overrides.items() if value is not None}})
 
 
 def start_training(workspace, dataset: str, variant: str, run: str, preset: str = "cpu", steps: int = 100,
@@ -285,8 +278,7 @@ def start_training(workspace, dataset: str, variant: str, run: str, preset: str 
     folder = ws.run_dir(run)
     if folder.exists() and any(folder.iterdir()):
         raise WorkbenchError(f"run '{run}' exists already; resume it or choose another name")
-    argv = ["train", "--dataset", dataset, "--variant", variant, "--run", run, "--preset", preset,
-            "--steps", str(int(steps)), *_override_flags(overrides)]
+    argv = ["train", "--run", run, "--spec", training_spec(dataset, variant, run, preset, steps, overrides)]
     return start_job(ws, "train", argv, run=run, dataset=dataset, total=int(steps))
 
 

@@ -120,9 +120,12 @@ def test_finished_workers_do_not_stay_zombies(ws):
 
 
 def test_override_values_that_look_like_flags_stay_values():
+    """A worker gets its request as one JSON spec: values keep their types, and none is read as a flag."""
     from core.cli import build_parser
 
-    flags = service._override_flags({"vision": "--resume", "llm": "-h", "lr_llm": 0.001, "learn_temperature": False})
-    args = build_parser().parse_args(["train", "--dataset", "toy", "--variant", "text", "--run", "r", *flags])
-    assert args.vision == "--resume" and args.llm == "-h" and not args.resume
-    assert args.lr_llm == 0.001
+    overrides = {"vision": "--resume", "llm": "-h", "lr_llm": 0.001, "learn_temperature": False}
+    spec = service.training_spec("toy", "text", "r", "tiny", 5, overrides)
+    args = build_parser().parse_args(["train", "--run", "r", "--spec", spec])
+    assert not args.resume and args.vision is None and args.llm is None
+    assert json.loads(args.spec) == {"dataset": "toy", "variant": "text", "run": "r", "preset": "tiny", "steps": 5,
+                                     "overrides": overrides}

@@ -173,3 +173,16 @@ def test_a_reimported_dataset_is_read_again(tmp_path):
     import_learnable(root, "toy", per_category=7, partners=1)
     after = {n.note_id for n in wb.notes("toy")}
     assert len(after) > len(before) and after == {n.note_id for n in Store(root).notes("toy")}
+
+
+def test_a_worker_trains_from_its_json_spec(workspace, capsys):
+    """What the app's Start button sends a worker: one JSON spec, read back with its types."""
+    from core.cli import main as cli
+    from core.service import training_spec
+
+    spec = training_spec("toy", "text", "spec-run", "tiny", 2,
+                         {"lr_new": 0.005, "eval_every": 0, "test_fraction": 0.3, "embedding_dim": 8, "llm": None})
+    assert cli(["train", "--workspace", str(workspace), "--run", "spec-run", "--spec", spec]) == 0
+    record = Workbench(workspace).run("spec-run")
+    assert record.finished and record.step == 2 and record.variant == "text" and record.preset == "tiny"
+    assert record.info["train"]["lr_new"] == 0.005 and record.info["model"]["embedding_dim"] == 8
