@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
 def cmd_encode(args) -> int:
     """Fill the dataset's vector cache, in shards; under torchrun every process takes its share of the shards
     and rank 0 assembles the file (core.encode.fill_cache_sharded), so one process and many give the same file."""
-    from core.encode import SHARD_NOTES, ProcessGroup, VectorCache, fill_cache_sharded
+    from core.encode import SHARD_NOTES, ProcessGroup, fill_cache_sharded
     from core.jobs import JobReporter
     from core.workbench import Workbench
 
@@ -188,8 +188,8 @@ def cmd_encode(args) -> int:
             reporter.running(0, 0, "loading the encoder", force=True)
             bench = Workbench(args.workspace)
             notes = bench.notes(args.dataset)
-            folder = bench.workspace.indexes_dir / args.run / args.dataset
-            cache = VectorCache(folder, args.modality, bench.encoder_fingerprint(args.run))
+            cache = bench.vector_cache(args.run, args.dataset, args.modality)
+            folder = cache.folder
             bench.encoder(args.run)  # loaded before the clock starts: encode_s is the encoding alone
             group.barrier()
             start = time.perf_counter()

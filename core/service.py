@@ -94,7 +94,8 @@ def encode(workspace, name: str, notes: Sequence[Note], modality: str = "both", 
         return encode_notes(encoder, list(notes), batch_size, modality, progress, workspace_root=_ws(workspace).root)
 
 
-def _vector_cache(workspace, name: str, dataset: str, modality: str):
+def vector_cache(workspace, name: str, dataset: str, modality: str):
+    """Where an encoder's vectors of a dataset live: WORKSPACE/indexes/<encoder>/<dataset>/<modality>.*"""
     from core.encode import VectorCache
 
     ws = _ws(workspace)
@@ -106,7 +107,7 @@ def note_vectors(workspace, name: str, dataset: str, notes: Sequence[Note], moda
                  progress: Progress | None = None) -> np.ndarray:
     """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
     _check_modality(modality)
-    cache = _vector_cache(workspace, name, dataset, modality)
+    cache = vector_cache(workspace, name, dataset, modality)
     return cache.vectors(list(notes), lambda todo, p: encode(workspace, name, todo, modality, progress=p), progress)
 
 

@@ -400,11 +400,16 @@ class Workbench:
     def note_vectors(self, name: str, dataset: str, notes: Sequence[Note], modality: str = "both",
                      progress: Progress | None = None) -> np.ndarray:
         """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
-        from core.encode import VectorCache
-
         _check_modality(modality)
-        cache = VectorCache(self.workspace.indexes_dir / name / dataset, modality, self.encoder_fingerprint(name))
+        cache = self.vector_cache(name, dataset, modality)
         return cache.vectors(list(notes), lambda todo, p: self.encode(name, todo, modality, progress=p), progress)
+
+    def vector_cache(self, name: str, dataset: str, modality: str = "both"):
+        """The on-disk vectors of one encoder on one dataset (core.encode.VectorCache), under the encoder's
+        current fingerprint; the name is resolved before it becomes part of a path."""
+        from core import service
+
+        return service.vector_cache(self.workspace, name, dataset, modality)
 
     def dataset_vectors(self, name: str, dataset: str, modality: str = "both",
                         progress: Progress | None = None) -> tuple[list[str], np.ndarray]:

@@ -186,3 +186,17 @@ def test_a_worker_trains_from_its_json_spec(workspace, capsys):
     record = Workbench(workspace).run("spec-run")
     assert record.finished and record.step == 2 and record.variant == "text" and record.preset == "tiny"
     assert record.info["train"]["lr_new"] == 0.005 and record.info["model"]["embedding_dim"] == 8
+
+
+def test_the_encode_command_fills_the_cache_the_workbench_reads(workspace, capsys):
+    import json
+
+    from core.cli import main as cli
+
+    assert cli(["encode", "--workspace", str(workspace), "--run", "tiny-run", "--dataset", "toy",
+                "--modality", "text"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    wb = Workbench(workspace)
+    index, _, matrix = wb.vector_cache("tiny-run", "toy", "text").load()
+    assert out["notes"] == len(wb.notes("toy")) == len(index) and matrix is not None
+    assert out["vectors"].endswith("text.npy") and str(wb.workspace.indexes_dir) in out["vectors"]
