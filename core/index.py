@@ -32,8 +32,13 @@ MEMORY_BUDGET_BYTES = 4 * 1024 ** 3
 KINDS = ("flat", "ivf", "ivfpq", "hnsw", "auto")
 # faiss wants at least 39 training points per centroid; 64 gives stabler cells and stays quick.
 TRAIN_POINTS_PER_LIST = 64
-# IVF-PQ fetches this many times the candidates asked for, then re-scores them with the exact vectors.
+# IVF-PQ fetches this many times the candidates asked for, then re-scores them with the exact vectors;
+# `tune` doubles it (up to PQ_RERANK_MAX) when more cells stop raising recall.
 PQ_RERANK = 8
+PQ_RERANK_MAX = 64
+# A search asks the index for this many more than k (plus the excluded ids), so ties and exclusions rarely
+# need a second round; recall is measured with the same margin, since that is what a search gets.
+SEARCH_MARGIN = 16
 HNSW_LINKS = 32
 
 
@@ -72,6 +77,7 @@ class VectorIndex:
         self.nlist = None
         self.recall: float | None = None  # recall@10 against exact, once tuned
         self._vectors = None  # exact rows for IVF-PQ re-scoring
+        self.rerank = PQ_RERANK
         if kind == "flat":
             self.index = faiss.IndexFlatIP(self.dim)
         elif kind == "hnsw":
@@ -136,7 +142,7 @@ class VectorIndex:
         """(scores, positions), each (len(queries), fetch); positions -1 where fewer were found."""
         if self.kind != "ivfpq":
             return self.index.search(queries, fetch)
-        wide = min(len(self.ids), fetch * PQ_RERANK)
+        wide = min(len(self.ids), fetch * self.rerank)
         _, candidates = self.index.search(queries, wide)
         scores = np.full((len(queries), fetch), -np.inf, dtype=np.float32)
         positions = np.full((len(queries), fetch), -1, dtype=np.int64)
@@ -158,7 +164,7 @@ class VectorIndex:
         total = len(self.ids)
         for row, query in enumerate(queries):
             skip = excludes[row]
-            fetch = min(total, k + len(skip) + 16)
+            fetch = min(total, k + len(skip) + SEARCH_MARGIN)
             while True:
                 scores, positions = self._raw_search(query[None], fetch)
                 scores, positions = scores[0], positions[0]
@@ -184,7 +190,7 @@ class VectorIndex:
         With `vectors`, a returned note whose exact score ties the k-th exact score counts as found: real
         corpora hold duplicate notes, and which of several equal vectors fills the last places is arbitrary
         (the sample scored 0.90 at a full scan without this)."""
-        _, found = self._raw_search(queries, k + 1)
+        _, found = self._raw_search(queries, min(len(self.ids), k + 1 + SEARCH_MARGIN))
         hits = []
         for query, own, approx, exact in zip(queries, query_rows, found, truth):
             approx = [p for p in approx if p != own and p >= 0][:k]
@@ -207,12 +213,20 @@ class VectorIndex:
         tried = {}
         for breadth in _breadths(limit):
             self.set_breadth(breadth)
-            tried[breadth] = self.recall_at(sample, rows, truth, k, vectors)
-            if tried[breadth] >= target:
+            tried[str(breadth)] = self.recall_at(sample, rows, truth, k, vectors)
+            if tried[str(breadth)] >= target:
                 break
-        self.recall = tried[self.breadth]
-        return {"kind": self.kind, "nlist": self.nlist, "breadth": self.breadth, "recall@10": self.recall,
-                "target": target, "queries": len(rows), "tried": {str(b): r for b, r in tried.items()}}
+            # Compressed codes saturate: once more cells add (almost) nothing, re-score more candidates instead.
+            if self.kind == "ivfpq" and len(tried) >= 3 and tried[str(breadth)] - list(tried.values())[-3] < 0.004:
+                recall = tried[str(breadth)]
+                while self.rerank < PQ_RERANK_MAX and recall < target:
+                    self.rerank *= 2
+                    recall = tried[f"{breadth}x{self.rerank}"] = self.recall_at(sample, rows, truth, k, vectors)
+                break
+        self.recall = list(tried.values())[-1]
+        return {"kind": self.kind, "nlist": self.nlist, "breadth": self.breadth, "rerank": self.rerank
+                if self.kind == "ivfpq" else None, "recall@10": self.recall, "target": target,
+                "queries": len(rows), "tried": tried}
 
 
 def _breadths(limit: int) -> list[int]:

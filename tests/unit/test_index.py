@@ -52,6 +52,16 @@ def test_recall_counts_ties_with_the_kth_exact_score_as_found():
     assert index.recall_at(sample, rows, truth, vectors=vectors) == 1.0
 
 
+def test_pq_tuning_rescores_more_candidates_when_more_cells_stop_helping(monkeypatch):
+    import core.index
+
+    monkeypatch.setattr(core.index, "PQ_RERANK", 1)
+    vectors = clustered(3000, clusters=3)
+    index = build_index([str(i) for i in range(3000)], vectors, kind="ivfpq", target=0.99, nlist=8)
+    assert index.rerank > 1 and any("x" in step for step in index.tuning["tried"])
+    assert index.tuning["recall@10"] == max(index.tuning["tried"].values())
+
+
 def test_flat_needs_no_tuning_and_keeps_its_answers():
     vectors = clustered(300)
     index = build_index([str(i) for i in range(300)], vectors)
