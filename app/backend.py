@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Mapping
 
 from core.errors import WorkbenchError
-from core.runs import SHIPPED_CHECKPOINTS, shipped_checkpoints_dir
-from core.workbench import TRAINABLE_VARIANTS, VARIANT_DESCRIPTIONS, ZERO_SHOT, Variant, Workbench
+from core.runs import SHIPPED_CHECKPOINTS
+from core.workbench import VARIANT_DESCRIPTIONS, ZERO_SHOT, Variant, Workbench
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "Startup", "SHIPPED_CHECKPOINTS", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS", "ZERO_SHOT",
-           "checkpoints_dir", "describe", "message", "variant_label"]
+__all__ = ["Backend", "Startup", "SHIPPED_CHECKPOINTS", "VARIANT_DESCRIPTIONS", "describe", "message", "variant_label"]
 
 
 def configure_logging() -> None:
@@ -27,10 +26,6 @@ def configure_logging() -> None:
     host process configured logging already."""
     logging.basicConfig(level=os.environ.get("NOTELLM2_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def checkpoints_dir() -> Path:
-    return shipped_checkpoints_dir()
 
 
 @dataclass
