@@ -59,5 +59,6 @@ def test_lean_training_path_matches_peft_on_smollm2():
         assert names, group
         flat = {label: torch.cat([grads[n].flatten() for n in names]) for label, grads in
                 (("truth", truth), ("lean", lean), ("peft", peft))}
-        errors = {label: ((flat[label] - flat["truth"]).norm() / flat["truth"].norm()).item() for label in ("lean", "peft")}
+        errors = {label: ((flat[label] - flat["truth"]).norm() / flat["truth"].norm()).item()
+                  for label in ("lean", "peft")}
         assert errors["lean"] <= max(2 * errors["peft"], 0.02), (group, errors)
