@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -159,7 +160,9 @@ class ProcessGroup:
             # The group only carries a barrier and a broadcast, so gloo serves wherever NCCL cannot (no GPU, or
             # more processes than GPUs on a node: NCCL refuses two ranks on one device).
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-            dist.init_process_group("nccl" if gpus and gpus >= local_world else "gloo")
+            # Ranks wait at barriers for the slowest shard and for rank 0's assembly of a large file: a generous
+            # timeout rather than the default that could end a healthy million-note encode.
+            dist.init_process_group("nccl" if gpus and gpus >= local_world else "gloo", timeout=timedelta(hours=2))
             self.started = True
         return self
 
