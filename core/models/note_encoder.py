@@ -123,6 +123,8 @@ class NoteEncoderConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise WorkbenchError(f"checkpoint config has unknown fields {unknown}; it was written by another version")
+        # Checkpoints written before the preprocessing was a setting were trained on stretched pictures.
+        data = {"image_preprocessing": "stretch", **data}
         return cls(**data)
 
 
