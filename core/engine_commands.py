@@ -71,7 +71,7 @@ def register(subparsers) -> None:
     add_workspace_argument(p)
     p.set_defaults(func=cmd_encode)
 
-    p = subparsers.add_parser("neighbors", help="nearest notes of a note under a run or baseline")
+    p = subparsers.add_parser("neighbors", aliases=["neighbours"], help="nearest notes of a note under a run or baseline")
     p.add_argument("--run", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--note", required=True, help="note id")
@@ -79,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--modality", default="both", choices=("both", "image", "text"))
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     add_workspace_argument(p)
-    p.set_defaults(func=cmd_neighbors)
+    p.set_defaults(func=cmd_neighbours)
 
     p = subparsers.add_parser("eval", help="Recall@k on the held-out pairs; prints one JSON object")
     p.add_argument("--run", required=True, help="run name or zs-text, zs-image, zs-concat, zs-llm")
@@ -209,7 +209,7 @@ def cmd_encode(args) -> int:
     return 0
 
 
-def cmd_neighbors(args) -> int:
+def cmd_neighbours(args) -> int:
     from core.workbench import Workbench
 
     hits = Workbench(args.workspace).neighbours(args.run, args.dataset, note_id=args.note, k=args.k,

@@ -119,7 +119,7 @@ def dataset_vectors(workspace, name: str, dataset: str, modality: str = "both",
 
 
 # ---------------------------------------------------------------------------------------- neighbours
-def neighbors(workspace, name: str, dataset: str, note_id: str | None = None, query: Note | None = None,
+def neighbours(workspace, name: str, dataset: str, note_id: str | None = None, query: Note | None = None,
               k: int = 10, modality: str = "both", seed: int = 0) -> list[dict]:
     """The k nearest notes of a stored note (`note_id`) or of a composed `query` Note (image: PIL or path).
 

@@ -7,7 +7,7 @@ import pandas as pd
 from app.backend import Backend, describe, message
 from app.render import badge, esc, md, note_card, notice, query_card, warning_toast
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
-from core.analysis.compare import compare_neighbor_lists
+from core.analysis.compare import compare_neighbour_lists
 from core.workbench import MODALITIES as MODALITY_NAMES
 
 MAX_VARIANTS = 4
@@ -46,7 +46,7 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     lists = {n: [hit.note_id for hit in rows] for n, rows in results.items()}
     target = sorted(related)[0] if related else None
     if len(lists) >= 2:
-        metrics = compare_neighbor_lists(lists, k=k, target=target)
+        metrics = compare_neighbour_lists(lists, k=k, target=target)
     else:
         metrics = {"pairs": [], "per_variant": {}}
     per = metrics["per_variant"]

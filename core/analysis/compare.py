@@ -75,7 +75,7 @@ def pair_agreement(a: Sequence, b: Sequence, k: int = 10, p: float = 0.9) -> dic
             "rbo": rank_biased_overlap(top_a, top_b, p), "shared": shared}
 
 
-def compare_neighbor_lists(lists: dict[str, Sequence[str]], k: int = 10, target: str | None = None,
+def compare_neighbour_lists(lists: dict[str, Sequence[str]], k: int = 10, target: str | None = None,
                            p: float = 0.9) -> dict:
     """Compare the ranked neighbour ids of several variants for one query.
 
@@ -110,30 +110,30 @@ def compare_neighbor_lists(lists: dict[str, Sequence[str]], k: int = 10, target:
     return {"k": k, "baseline": baseline, "variants": names, "pairs": pairs, "per_variant": per_variant}
 
 
-def compare_over_dataset(neighbor_lists: dict[str, dict[str, Sequence[str]]], k: int = 10,
+def compare_over_dataset(neighbour_lists: dict[str, dict[str, Sequence[str]]], k: int = 10,
                          targets: dict[str, str] | None = None, p: float = 0.9) -> pd.DataFrame:
     """Agreement of every pair of variants over many queries.
 
-    `neighbor_lists[variant][query_id]` is a ranked list of ids. Only queries present for both variants of a
+    `neighbour_lists[variant][query_id]` is a ranked list of ids. Only queries present for both variants of a
     pair count. One row per pair: variant_a, variant_b, n_queries, overlap, jaccard, rbo (means), and with
     `targets` (query_id -> target id; queries without a target are left out of the hit rates):
     hit_rate_a, hit_rate_b (share of queries whose target is in the top k), both_hit, only_a_hit, only_b_hit
     (shares of the same queries). Hit-rate columns are NaN without targets."""
-    names = list(neighbor_lists)
+    names = list(neighbour_lists)
     if len(names) < 2:
         raise WorkbenchError("comparing over a dataset needs at least two variants")
     rows = []
     for a, b in combinations(names, 2):
-        queries = [q for q in neighbor_lists[a] if q in neighbor_lists[b]]
-        scores = [pair_agreement(neighbor_lists[a][q], neighbor_lists[b][q], k, p) for q in queries]
+        queries = [q for q in neighbour_lists[a] if q in neighbour_lists[b]]
+        scores = [pair_agreement(neighbour_lists[a][q], neighbour_lists[b][q], k, p) for q in queries]
         row = {"variant_a": a, "variant_b": b, "n_queries": len(queries)}
         for measure in ("overlap", "jaccard", "rbo"):
             row[measure] = float(np.mean([s[measure] for s in scores])) if scores else np.nan
         hits_a, hits_b = [], []
         for q in queries:
             if targets and q in targets:
-                hits_a.append(targets[q] in _unique(neighbor_lists[a][q])[:k])
-                hits_b.append(targets[q] in _unique(neighbor_lists[b][q])[:k])
+                hits_a.append(targets[q] in _unique(neighbour_lists[a][q])[:k])
+                hits_b.append(targets[q] in _unique(neighbour_lists[b][q])[:k])
         hits_a, hits_b = np.array(hits_a, dtype=bool), np.array(hits_b, dtype=bool)
         has = len(hits_a) > 0
         row.update(hit_rate_a=hits_a.mean() if has else np.nan, hit_rate_b=hits_b.mean() if has else np.nan,

@@ -9,7 +9,7 @@ from core.errors import WorkbenchError
 MODALITIES = ("both", "image", "text")
 
 
-def modality_neighbors(search_fn: Callable[[Note, str], list], note: Note, k: int = 10) -> dict[str, list]:
+def modality_neighbours(search_fn: Callable[[Note, str], list], note: Note, k: int = 10) -> dict[str, list]:
     """{"both": [...], "image": [...], "text": [...]}, each the first k hits of `search_fn(note, modality)`, a
     list of {"note_id", "score"} dicts best first. "image" empties the note's text, "text" replaces its image
     with a zero image (the model's `collate(notes, modality)` does this, so search_fn only passes the

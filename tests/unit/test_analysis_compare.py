@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.analysis.compare import compare_neighbor_lists, compare_over_dataset, rank_biased_overlap
-from core.analysis.modality import modality_neighbors
+from core.analysis.compare import compare_neighbour_lists, compare_over_dataset, rank_biased_overlap
+from core.analysis.modality import modality_neighbours
 from core.data.schema import Note
 from core.errors import WorkbenchError
 
@@ -26,7 +26,7 @@ def test_rbo_by_hand():
 
 def test_one_query_by_hand():
     lists = {"basic": ["A", "B", "C", "D"], "micl": ["B", "A", "E", "F"], "late": ["X", "Y", "Z", "W"]}
-    result = compare_neighbor_lists(lists, k=3, target="E")
+    result = compare_neighbour_lists(lists, k=3, target="E")
     assert result["baseline"] == "basic" and result["variants"] == ["basic", "micl", "late"]
     pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
     basic_micl = pairs[("basic", "micl")]
@@ -42,7 +42,7 @@ def test_one_query_by_hand():
     basic = result["per_variant"]["basic"]
     assert basic["entered"] == [] and basic["left"] == [] and basic["found_target"] is False
     assert basic["target_rank"] is None
-    assert compare_neighbor_lists(lists, k=3)["per_variant"]["micl"]["found_target"] is None
+    assert compare_neighbour_lists(lists, k=3)["per_variant"]["micl"]["found_target"] is None
 
 
 def test_over_a_dataset():
@@ -60,16 +60,16 @@ def test_over_a_dataset():
         compare_over_dataset({"a": {}}, k=2)
 
 
-def test_modality_neighbors_asks_each_modality():
+def test_modality_neighbours_asks_each_modality():
     asked = []
 
     def search(note, modality):
         asked.append(modality)
         return [{"note_id": f"{modality}{i}", "score": 1.0 - i / 10} for i in range(20)]
 
-    result = modality_neighbors(search, Note(note_id="q", title="t", image="q.png"), k=5)
+    result = modality_neighbours(search, Note(note_id="q", title="t", image="q.png"), k=5)
     assert asked == ["both", "image", "text"]
     assert [len(result[m]) for m in ("both", "image", "text")] == [5, 5, 5]
     assert result["image"][0]["note_id"] == "image0"
-    no_image = modality_neighbors(search, Note(note_id="q", title="t"), k=5)
+    no_image = modality_neighbours(search, Note(note_id="q", title="t"), k=5)
     assert no_image["image"] == [] and len(no_image["text"]) == 5

@@ -43,12 +43,12 @@ def test_vectors_are_cached_and_a_new_note_is_encoded_alone(workspace, monkeypat
     assert encoded == [1] and np.allclose(more[:-1], matrix)
 
 
-def test_neighbors_exclude_the_query_and_take_composed_notes(workspace):
-    rows = service.neighbors(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
+def test_neighbours_exclude_the_query_and_take_composed_notes(workspace):
+    rows = service.neighbours(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and "birds-0" not in [r["note_id"] for r in rows]
     assert rows[0]["score"] >= rows[-1]["score"]
     composed = Note("", title="bird", content="a bird", image=Image.new("RGB", (16, 16), (220, 30, 30)))
-    assert len(service.neighbors(workspace, "tiny-run", "toy", query=composed, k=3)) == 3
+    assert len(service.neighbours(workspace, "tiny-run", "toy", query=composed, k=3)) == 3
 
 
 def test_evaluation_json_and_table(workspace):
@@ -83,7 +83,7 @@ def test_evaluation_pool_holds_distractors_and_a_run_keeps_the_split_it_trained_
 def test_zero_shot_text_baseline_evaluates_like_a_run(workspace):
     result = service.evaluate_variant(workspace, "zs-text", "toy")
     assert result["queries"] > 0 and 0 <= result["recall@1"] <= 1
-    assert service.neighbors(workspace, "zs-text", "toy", note_id="cars-1", k=2)[0]["note_id"].startswith("cars")
+    assert service.neighbours(workspace, "zs-text", "toy", note_id="cars-1", k=2)[0]["note_id"].startswith("cars")
 
 
 def test_delete_dataset_needs_its_name_waits_for_jobs_and_drops_its_caches(tmp_path):

@@ -49,7 +49,7 @@ def test_neighbours_match_the_service_and_come_with_their_notes(workspace):
     hits = wb.neighbours("tiny-run", "toy", note_id="birds-0", k=5)
     assert all(isinstance(h, Hit) for h in hits) and [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert "birds-0" not in [h.note_id for h in hits] and hits[0].score >= hits[-1].score
-    rows = service.neighbors(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
+    rows = service.neighbours(workspace, "tiny-run", "toy", note_id="birds-0", k=5)
     assert [h.note_id for h in hits] == [r["note_id"] for r in rows]
     assert np.allclose([h.score for h in hits], [r["score"] for r in rows], atol=1e-5)
     assert hits[0].note.title  # the stored note itself, ready to render
