@@ -1,4 +1,4 @@
-"""Where a workbench keeps its state: one folder, laid out as DESIGN.md fixes it."""
+"""Where a workbench keeps its state: one folder, laid out as docs/ARCHITECTURE.md describes it."""
 from __future__ import annotations
 
 import os

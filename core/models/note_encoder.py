@@ -2,7 +2,7 @@
 tower, joined by a connector, read out at one token, fused late with the image, and projected to a small
 L2-normalised vector.
 
-Six variants come from two switches (DESIGN.md, "Variants"):
+Six variants come from two switches (docs/METHOD.md):
 
     image_mode  none | basic | micl        late_fusion  off | on
     text  basic  micl  late (= none+on)  basic+late  micl+late (= NoteLLM-2)
