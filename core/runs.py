@@ -148,16 +148,7 @@ class RunStore:
 
     def events(self, run: str) -> list[dict]:
         """events.jsonl rows (a line cut by a crash is skipped)."""
-        path = self.existing(run) / EVENTS_FILE
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return read_events(self.existing(run))
 
     # ------------------------------------------------------------------------------------ writing
     def write(self, run: str, info: dict) -> None:
@@ -198,3 +189,17 @@ class RunStore:
             log.info("installed shipped checkpoint %s as run %s", folder.name, run)
             installed.append(run)
         return installed
+
+
+def read_events(run_dir) -> list[dict]:
+    """The events.jsonl rows of a run folder; a line cut by a crash is skipped."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

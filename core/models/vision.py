@@ -13,7 +13,6 @@ reference does; callers get `has_image=False` for it so the stand-in is never mi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image

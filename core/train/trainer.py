@@ -627,19 +627,6 @@ class _null:
         return False
 
 
-def read_events(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def train(workspace, dataset: str | None, variant: str | None, run: str, preset: str = "cpu", steps: int = 100,
           resume: bool = False, init_from: str | None = None, on_step=None, progress_bar: bool = False,
           **overrides) -> dict:

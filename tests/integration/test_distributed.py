@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.train.trainer import read_events
+from core.runs import read_events
 from core.workspace import REPO_ROOT
 from tests.unit.engine_fixtures import import_learnable
 

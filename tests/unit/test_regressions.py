@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from core.models.note_encoder import NoteEncoder, NoteEncoderConfig
-from core.train.trainer import lr_multiplier, read_events, train
+from core.runs import read_events
+from core.train.trainer import lr_multiplier, train
 from core.workspace import Workspace
 from tests.unit.engine_fixtures import import_learnable
 from tests.unit.model_fixtures import sample_notes

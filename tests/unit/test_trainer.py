@@ -11,7 +11,8 @@ import pytest
 
 from core.cli import main as cli
 from core.errors import WorkbenchError
-from core.train.trainer import read_events, train
+from core.runs import read_events
+from core.train.trainer import train
 from core.workspace import REPO_ROOT
 from tests.unit.engine_fixtures import import_learnable
 

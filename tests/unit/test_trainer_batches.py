@@ -3,7 +3,8 @@ and the padding a step reports falls; the trainer's switch forces the peft path.
 import numpy as np
 import pytest
 
-from core.train.trainer import BatchSchedule, TrainConfig, epoch_batches, read_events, train
+from core.runs import read_events
+from core.train.trainer import BatchSchedule, TrainConfig, epoch_batches, train
 from tests.unit.engine_fixtures import import_learnable
 
 
