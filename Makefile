@@ -30,8 +30,9 @@ bench: setup
 bench-scale: setup
 	$(PY) -m bench.scale
 
+# One full epoch of openclipart's 6,047 training pairs at 16 pairs per step (377 steps), the same for every run.
 reproduce: setup
-	$(PY) -m core reproduce
+	$(PY) -m core reproduce --steps 378
 
 clean-workspace:
 	rm -rf data/workspace
