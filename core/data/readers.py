@@ -85,28 +85,6 @@ def normalise_category(value: str) -> str:
     return "/".join(parts)
 
 
-def decode_text(path: Path, label: str) -> str:
-    """The file's text; a non-UTF-8 file is refused with the lines and bytes at fault."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UploadError([Problem(label, 0, f"cannot read the file ({error.strerror or error})")],
-                          "cannot read the upload") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    problems = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            byte = line[error.start]
-            problems.append(Problem(label, number, f"not UTF-8 text: byte 0x{byte:02x} at column {error.start + 1}"))
-    raise UploadError(problems, f"{label} is not UTF-8 text",
-                      "it looks like Latin-1 or Windows-1252; save it as UTF-8 and upload again")
-
-
 def _is_jsonl(path: Path, text: str) -> bool:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):

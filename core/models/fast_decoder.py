@@ -74,6 +74,15 @@ def supports(decoder: nn.Module) -> bool:
             and all(hasattr(first.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")))
 
 
+def read_decoder_shape(weights, config) -> None:
+    """The attention and MLP sizes both lean paths (inference here, training in lora_train) need."""
+    weights.heads = config.num_attention_heads
+    weights.kv_heads = getattr(config, "num_key_value_heads", None) or weights.heads
+    weights.head_dim = getattr(config, "head_dim", None) or config.hidden_size // weights.heads
+    weights.intermediate = config.intermediate_size
+    weights.eps = config.rms_norm_eps
+
+
 class FusedWeights:
     """Per-layer fused, LoRA-folded weights of a Llama-shaped decoder, rebuilt when the source changes."""
 
@@ -81,11 +90,7 @@ class FusedWeights:
         """dtype: the compute dtype (bf16 where the model's forward would run under bf16 autocast)."""
         self.key = self.state_key(decoder, dtype)
         config = decoder.config
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.intermediate = config.intermediate_size
-        self.eps = config.rms_norm_eps
+        read_decoder_shape(self, config)
         self.layers = []
         with torch.no_grad():
             for layer in decoder.layers[: config.num_hidden_layers]:

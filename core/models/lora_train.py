@@ -126,11 +126,7 @@ class TrainWeights:
     def __init__(self, decoder: nn.Module, dtype: torch.dtype | None = None):
         self.key = self.state_key(decoder, dtype)
         config = decoder.config
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.intermediate = config.intermediate_size
-        self.eps = config.rms_norm_eps
+        fast_decoder.read_decoder_shape(self, config)
         self.dtype = dtype or decoder.norm.weight.dtype
         self.layers = []
         for layer in decoder.layers[: config.num_hidden_layers]:
