@@ -101,19 +101,11 @@ def argparse_hidden():
 
 
 def _tqdm_progress(description: str):
-    from tqdm import tqdm
+    """A (done, total) callback drawing the encoding's progress on stderr: a bar on a terminal, a plain line
+    every few seconds in a log file (core.progress)."""
+    from core.progress import ProgressCallback
 
-    bar = {"bar": None}
-
-    def progress(done: int, total: int) -> None:
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=total, desc=description, unit="note", file=sys.stderr)
-        bar["bar"].n = done
-        bar["bar"].refresh()
-        if done >= total:
-            bar["bar"].close()
-
-    return progress
+    return ProgressCallback(desc=description, unit="note", file=sys.stderr, min_total=1)
 
 
 def cmd_train(args) -> int:

@@ -43,36 +43,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_build_openclipart)
 
 
-def _tqdm_progress():
-    from tqdm import tqdm
+def _import_progress():
+    """Progress of an import on stderr: a bar on a terminal, a plain line every few seconds in a log file.
+    Only checking images takes long; the other stages are quick."""
+    from core.progress import ProgressCallback
 
-    bars = {}
-
-    def progress(done: int, total: int, message: str) -> None:
-        if message != "checking images" or total < 2:  # the other steps are quick
-            return
-        bar = bars.get(message)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bars.clear()
-            bar = bars[message] = tqdm(total=total, desc=message, unit="item", leave=False)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def close():
-        for bar in bars.values():
-            bar.close()
-
-    return progress, close
+    progress = ProgressCallback(stages=("checking images",), leave=False)
+    return progress, progress.close
 
 
 def cmd_import(args) -> int:
     from core.data.store import Store
 
     store = Store(args.workspace)
-    progress, close = _tqdm_progress()
+    progress, close = _import_progress()
     try:
         report = store.import_dataset(args.name, args.notes, args.pairs, args.images, skip_bad=args.skip_bad,
                                       progress=progress)

@@ -285,12 +285,10 @@ def build_openclipart(out: str | Path, root: str | Path = DEFAULT_ROOT, cap: int
         shutil.rmtree(out / "images", ignore_errors=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in requirements
-        tqdm = None
+    from core.progress import progress_bar
+
     work = sum(min(len(by_category[c]), cap) for c in categories)
-    bar = tqdm(total=work, desc="openclipart", unit="note", disable=not show_progress) if tqdm else None
+    bar = progress_bar(total=work, desc="openclipart", unit="note", disable=not show_progress)
 
     notes: list[dict] = []
     kept_by_category: dict[str, list[str]] = {}
