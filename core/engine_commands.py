@@ -33,7 +33,8 @@ _MODEL_OPTIONS = {"llm": str, "vision": str, "llm_tuning": str, "lora_rank": int
 
 
 def register(subparsers) -> None:
-    from core.train.trainer import PRESETS, TrainConfig
+    from core.train.presets import DEFAULT_PRESET, PRESET_TABLE, PRESETS
+    from core.train.trainer import TrainConfig
 
     p = subparsers.add_parser("train", help="fine-tune a variant on a dataset's pairs (or --resume a run)")
     p.add_argument("--dataset", help="dataset name (see `datasets`)")
@@ -41,8 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     # --run-name is the same option: under torchrun, `--run` is refused as an ambiguous prefix of its --run-path.
     p.add_argument("--run", "--run-name", dest="run", required=True, help="run name: the folder WORKSPACE/runs/RUN")
-    p.add_argument("--preset", default="cpu", choices=PRESETS, help="tiny: random tiny backbones; cpu: the CPU "
-                   "pilot recipe (LoRA); reference: the paper's recipe (full fine-tuning)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS,
+                   help="; ".join(f"{preset.name}: {preset.description}" for preset in PRESET_TABLE))
     p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--init-from", help="start from the weights of this checkpoint folder (same architecture)")

@@ -33,9 +33,9 @@ from core.runtime import configure_threads, resolve_device
 from core.runs import EVENTS_FILE, RUN_FILE, read_run_file, write_run_file
 from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.train.loss import ContrastiveLoss
+from core.train.presets import get_preset
 from core.workspace import Workspace
 
-PRESETS = ("tiny", "cpu", "reference")
 
 
 @dataclass
@@ -80,39 +80,19 @@ class TrainConfig:
 
 
 def preset_configs(preset: str, variant: str, **overrides) -> tuple[dict, NoteEncoderConfig]:
-    """(TrainConfig defaults, model config) of a preset; `overrides` go to whichever knows the name."""
-    if preset not in PRESETS:
-        raise WorkbenchError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    """(TrainConfig defaults, model config) of a preset (core/train/presets.py); `overrides` go to whichever
+    knows the name."""
+    chosen = get_preset(preset)
     if variant not in VARIANTS:
         raise WorkbenchError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     model_fields = {f.name for f in fields(NoteEncoderConfig)}
-    model_overrides = {k: v for k, v in overrides.items() if k in model_fields and v is not None}
-    train = {}
-    if preset == "tiny":
-        train = dict(batch_pairs=8, lr_new=2e-3, lr_llm=2e-3, checkpoint_every=10, eval_every=0, device="cpu")
-        model = NoteEncoderConfig.tiny(variant, **model_overrides)
-    elif preset == "cpu":
-        # The CPU pilot's recipe: offline SmolLM2-135M + EfficientNet-Lite0, 2-layer Q-Former of width 384,
-        # 16 queries, LoRA r=16 on every projection, bf16 frozen weights. New modules at 1e-4, not the pilot's
-        # 1e-3: at 1e-3 Adam's first steps collapse the fresh connector (the spread of n_v across pictures
-        # fell from 0.15 to 0.02 in one step and the image-side loss sat at chance); at 1e-4 the connector
-        # keeps the picture (docs/METHOD.md, "What was measured").
-        train = dict(batch_pairs=16, lr_new=1e-4, lr_llm=2e-4, checkpoint_every=25, eval_every=50)
-        model = NoteEncoderConfig.for_variant(variant, **{**dict(llm_tuning="lora", lora_rank=16, qformer_layers=2,
-                                                                  qformer_width=384, qformer_heads=6,
-                                                                  num_query_tokens=16), **model_overrides})
-    else:
-        # The reference recipe: full fine-tuning, lr 3e-6 for everything, wd 0.001, 10% warm-up, 16 pairs per
-        # device, a 6-layer Q-Former of width 768. Meant for GPUs (bf16 autocast, fp32 master weights).
-        train = dict(batch_pairs=16, lr_new=3e-6, lr_llm=3e-6, weight_decay=0.001, warmup_ratio=0.1,
-                     checkpoint_every=500, eval_every=500)
-        model = NoteEncoderConfig.for_variant(variant, **{**dict(llm_tuning="full", qformer_layers=6,
-                                                                  qformer_width=768, qformer_heads=12,
-                                                                  num_query_tokens=16), **model_overrides})
     train_fields = {f.name for f in fields(TrainConfig)}
+    model_overrides = {k: v for k, v in overrides.items() if k in model_fields and v is not None}
+    model = chosen.model_config(variant, **model_overrides)
     unknown = sorted(set(overrides) - train_fields - model_fields)
     if unknown:
         raise WorkbenchError(f"unknown training option(s): {', '.join(unknown)}")
+    train = dict(chosen.train)
     train.update({k: v for k, v in overrides.items() if k in train_fields and v is not None})
     return train, model
 
