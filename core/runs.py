@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from core.errors import WorkbenchError
-from core.workspace import REPO_ROOT, Workspace
+from core.workspace import REPO_ROOT, Workspace, check_run_name
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ class RunRecord:
     updated_at: str
     has_weights: bool
     info: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    shipped: bool = False  # installed from a shipped demo checkpoint: start-up reinstalls it, so it is kept
 
     @property
     def finished(self) -> bool:
         return self.status == "finished"
 
     @classmethod
-    def from_info(cls, info: dict, has_weights: bool) -> "RunRecord":
+    def from_info(cls, info: dict, has_weights: bool, shipped: bool = False) -> "RunRecord":
         train = info.get("train") or {}
         return cls(run=str(info.get("run", "")), dataset=str(info.get("dataset") or ""),
                    variant=str(info.get("variant") or ""), status=str(info.get("status") or "unknown"),
@@ -91,7 +92,65 @@ class RunRecord:
                    split_seed=int(info.get("split_seed", DEFAULT_SPLIT_SEED)),
                    test_fraction=float(info.get("test_fraction", DEFAULT_TEST_FRACTION)),
                    created_at=str(info.get("created_at") or ""), updated_at=str(info.get("updated_at") or ""),
-                   has_weights=has_weights, info=MappingProxyType(dict(info)))
+                   has_weights=has_weights, info=MappingProxyType(dict(info)), shipped=shipped)
+
+
+# The image-path figures a run's evaluations carry (core.analysis.image_path and the trainer's check).
+IMAGE_PATH_FIGURES = ("zs_image_r10", "connector_probe_r10", "nv_r10", "connector_variation", "visual_loss",
+                      "chance_loss")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run with what its events say: the last evaluation's figures, wall time, and whether a job holds it.
+    `status` is the job's view when one holds the run ("running", "queued"), else run.json's, with a run
+    that says "running" but has no job called "interrupted"."""
+    record: RunRecord
+    status: str
+    wall_s: float | None
+    recall10: float | None
+    eval_step: int | None
+    image_path: Mapping[str, float] = field(default_factory=dict)
+    job_id: str = ""
+
+    @property
+    def run(self) -> str:
+        return self.record.run
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.job_id)
+
+
+def summarize(record: RunRecord, events: list[dict], active_job: str = "", job_state: str = "") -> RunSummary:
+    """A `RunSummary` of a run and its events.jsonl rows (`read_events`)."""
+    evals = [e for e in events if e.get("event") == "eval" and e.get("recall@10") is not None]
+    last = evals[-1] if evals else None
+    image_path: dict[str, float] = {}
+    for row in reversed([e for e in events if e.get("event") == "eval"]):
+        figures = row.get("image_path")
+        if isinstance(figures, dict) and figures:
+            image_path = {k: float(figures[k]) for k in IMAGE_PATH_FIGURES
+                          if isinstance(figures.get(k), (int, float))}
+            break
+    times = [float(e["time"]) for e in events if isinstance(e.get("time"), (int, float))]
+    wall = max(times) - min(times) if len(times) >= 2 else None
+    if wall is None:
+        try:
+            wall = time.mktime(time.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%S")) - \
+                time.mktime(time.strptime(record.created_at, "%Y-%m-%dT%H:%M:%S"))
+        except (ValueError, OverflowError):
+            wall = None
+    if active_job:
+        status = job_state or "running"
+    elif record.status == "running":
+        status = "interrupted"
+    else:
+        status = record.status
+    return RunSummary(record=record, status=status, wall_s=wall,
+                      recall10=float(last["recall@10"]) if last else None,
+                      eval_step=int(last.get("step") or 0) if last else None,
+                      image_path=MappingProxyType(image_path), job_id=active_job)
 
 
 class RunStore:
@@ -107,6 +166,15 @@ class RunStore:
 
     def exists(self, run: str) -> bool:
         return (self.folder(run) / RUN_FILE).is_file()
+
+    def is_shipped(self, run: str) -> bool:
+        return (self.folder(run) / SHIPPED_MARKER).is_file()
+
+    def refuse_shipped(self, run: str, action: str) -> None:
+        """A shipped demo run is neither deleted nor renamed: start-up installs it again under its name."""
+        if self.is_shipped(run):
+            raise WorkbenchError(f"run '{run}' is a shipped demo checkpoint: it is kept as it is (start-up "
+                                 f"installs it again); nothing was {action}")
 
     def existing(self, run: str) -> Path:
         """The folder of a run that exists, through the workspace's one resolver (a name that is a path,
@@ -128,7 +196,7 @@ class RunStore:
     def get(self, run: str) -> RunRecord:
         info = self.read(run)
         try:
-            return RunRecord.from_info(info, self.weights(run).exists())
+            return RunRecord.from_info(info, self.weights(run).exists(), self.is_shipped(run))
         except (TypeError, ValueError, AttributeError):
             raise WorkbenchError(f"run '{run}' has a malformed run.json") from None
 
@@ -160,6 +228,46 @@ class RunStore:
         info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json_atomic(self.folder(run) / RUN_FILE, info)
         return info
+
+    def delete(self, run: str) -> None:
+        """Remove a run's folder (weights, checkpoints, events). The caller makes sure no job holds the run
+        (`Workbench.delete_run` does). A shipped demo run is refused: start-up would install it again.
+
+        The folder is first renamed to a hidden name in runs/ (one atomic step: the run is gone for every
+        reader at once), then removed; a removal cut short leaves only a hidden folder nobody lists."""
+        folder = self.existing(run)
+        self.refuse_shipped(run, "deleted")
+        doomed = self.workspace.runs_dir / f".deleting-{run}-{os.getpid()}-{time.time_ns()}"
+        os.rename(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted run %s", run)
+
+    def rename(self, run: str, new: str) -> RunRecord:
+        """Give a run another name: its folder moves and run.json says the new name (and the old one, in
+        `renamed_from`), so a resumed run trains on in the new folder. The caller makes sure no job holds
+        either name (`Workbench.rename_run` does). Refused: a new name that is not a plain run name (a
+        path, a separator, '..', a flag, over 200 characters), one in use, and shipped demo runs."""
+        if not isinstance(new, str):
+            raise WorkbenchError("the new run name must be text")
+        new = new.strip()
+        folder = self.existing(run)
+        check_run_name(new)
+        if new == run:
+            raise WorkbenchError(f"run '{run}' has that name already; nothing was renamed")
+        self.refuse_shipped(run, "renamed")
+        info = self.read(run)  # a run without a readable run.json is refused here, before anything moves
+        target = self.folder(new)
+        if target.exists() or target.is_symlink():
+            raise WorkbenchError(f"a run called '{new}' exists already; choose another name")
+        os.rename(folder, target)
+        info["run"] = new
+        if isinstance(info.get("train"), dict):
+            info["train"] = {**info["train"], "run": new}  # what a resume reads its folder from
+        info["renamed_from"] = run
+        info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(target / RUN_FILE, info)
+        log.info("renamed run %s to %s", run, new)
+        return self.get(new)
 
     def install_shipped(self, directory: str | Path | None = None) -> list[str]:
         """Copy every shipped checkpoint under `directory` into the workspace as a finished run; returns the

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -31,8 +32,8 @@ from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
 from core.errors import WorkbenchError
 from core.models.note_encoder import VARIANTS
-from core.runs import RunRecord, RunStore, shipped_checkpoints_dir
-from core.workspace import Workspace, check_dataset_name
+from core.runs import RunRecord, RunStore, RunSummary, shipped_checkpoints_dir, summarize
+from core.workspace import Workspace, check_dataset_name, check_run_name
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ VARIANT_DESCRIPTIONS = {
 # and, with late fusion, a gate. The others are frozen embedders without an LLM read-out to analyse.
 ZERO_SHOT_ARCHITECTURES = {"zs-mlrm": "micl+late"}
 
-__all__ = ["Workbench", "Variant", "RunRecord", "Job", "JobState", "Hit", "Evaluation", "ACTIVE_JOB_STATES",
+__all__ = ["Workbench", "Variant", "RunRecord", "RunSummary", "Job", "JobState", "Hit", "Evaluation", "ACTIVE_JOB_STATES",
            "MODALITIES", "ZERO_SHOT", "ZERO_SHOT_ARCHITECTURES", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
 
 
@@ -534,6 +535,74 @@ class Workbench:
 
     def run_events(self, run: str) -> list[dict]:
         return self.runs.events(run)
+
+    # ------------------------------------------------------------------------------------ managing runs
+    def run_summaries(self) -> list[RunSummary]:
+        """Every run of the workspace (any dataset, any state), newest first, each with its last evaluation,
+        its image-path figures, its wall time and the job that holds it, if any."""
+        holders = {}
+        for job in self.jobs():  # newest first: the newest active job of a run is the one shown
+            if job.active and job.run and job.run not in holders:
+                holders[job.run] = job
+        rows = []
+        for record in sorted(self.runs.all_runs(), key=lambda r: (r.created_at, r.run), reverse=True):
+            job = holders.get(record.run)
+            rows.append(summarize(record, self.runs.events(record.run), job.job_id if job else "",
+                                  job.state.value if job else ""))
+        return rows
+
+    def delete_run(self, name: str, confirm: str | None = None) -> None:
+        """Delete a run: its folder (weights, checkpoints, events), its cached vectors and evaluations, its
+        maps. Refused for a shipped demo run, while a job holds the run, and, when `confirm` is given,
+        unless it repeats the name. The run is held like a job holds it while it goes, so no training or
+        encoding can start on it half-way."""
+        self.runs.existing(name)  # a path, a link, a baseline or an unknown name is refused here
+        if confirm is not None and confirm.strip() != name:
+            raise WorkbenchError(f"type the run name '{name}' to confirm; nothing was deleted")
+        self.runs.refuse_shipped(name, "deleted")
+        with self._holding("delete", name):
+            self.runs.delete(name)
+            self._forget_run(name)
+
+    def rename_run(self, name: str, new: str) -> RunRecord:
+        """Rename a run (see `RunStore.rename` for what is refused); both names are held while it moves, so
+        no job can start on either. Its cached vectors, evaluations and maps go: they are keyed by name and
+        are rebuilt under the new one."""
+        self.runs.existing(name)
+        new = check_run_name(new.strip() if isinstance(new, str) else new)
+        if new == name or self.runs.is_shipped(name) or self.runs.folder(new).exists():
+            return self.runs.rename(name, new)  # refused there with its sentence, before any job row is made
+        with self._holding("rename", name), self._holding("rename", new):
+            record = self.runs.rename(name, new)
+            self._forget_run(name)
+        return record
+
+    @contextmanager
+    def _holding(self, kind: str, run: str):
+        """Hold `run` as a job does (core.jobs.claim: atomic, refused while another job holds it); the row
+        ends finished, or failed with the reason."""
+        job_id = job_queue.claim(self.workspace, kind, run=run, limit=1 << 30)
+        reporter = job_queue.JobReporter(self.workspace, job_id)
+        try:
+            yield job_id
+        except BaseException as error:
+            reporter.end("failed", str(error)[:200])
+            raise
+        reporter.end("finished", f"{kind} of run '{run}' done")
+
+    def _forget_run(self, name: str) -> None:
+        """Drop what was built from a run that is gone: vectors and evaluations (indexes/<run>/), maps that
+        name it (indexes/_maps/<dataset>/<key>-<hash>.npy; a map key that merely could name it goes too:
+        maps are caches) and the indexes in memory."""
+        import re
+        import shutil
+
+        shutil.rmtree(self.workspace.indexes_dir / check_run_name(name), ignore_errors=True)
+        token = "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + "-"
+        for cached in (self.workspace.indexes_dir / MAPS_FOLDER).glob("*/*.npy"):
+            if token in cached.name:
+                cached.unlink(missing_ok=True)
+        self._spaces.drop(lambda key: key[0] == name)
 
     def install_checkpoints(self, directory: str | Path | None = None) -> list[str]:
         """Shipped demo checkpoints as finished runs of this workspace."""
