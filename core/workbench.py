@@ -28,6 +28,7 @@ import numpy as np
 from core import encoders
 from core import jobs as job_queue
 from core.baselines import ZERO_SHOT
+from core.explain import Explanation
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
 from core.errors import WorkbenchError
@@ -99,6 +100,20 @@ class Variant:
     @property
     def late_fusion(self) -> bool:
         return "late" in self.variant
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether its vectors look at the picture (not the text variant, zs-text or zs-llm)."""
+        from core.explain import reads_image
+
+        return reads_image(self.variant)
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether its vectors read the text (every variant but zs-image)."""
+        from core.explain import reads_text
+
+        return reads_text(self.variant)
 
     @property
     def has_attention(self) -> bool:
@@ -194,6 +209,7 @@ class _Corpus:
     notes: list[Note]
     row_of: dict[str, int]
     related: Mapping[str, frozenset[str]] | None = None
+    default_query: str | None = None  # "" once looked for and none found
 
 
 @dataclass
@@ -461,6 +477,81 @@ class Workbench:
         corpus = space.corpus
         return [Hit(note=corpus.notes[corpus.row_of[hit]], score=score, rank=rank)
                 for rank, (hit, score) in enumerate(space.search(vector, k, exclude), 1)]
+
+    # ------------------------------------------------------------------------------------ explanations
+    def explain(self, name: str, dataset: str, neighbours: Sequence[Hit | str], note_id: str | None = None,
+                query: Note | None = None, gate: bool = False) -> list[Explanation]:
+        """Why each neighbour of a stored note (`note_id`) or a composed `query` is there, in one call
+        (core.explain.Explanation): its cosine to the query under text only and under image only, from this
+        variant's own text-only and image-only vectors (the index in memory when built, else the vector
+        cache, which encodes only the notes it lacks), the shared topics and words, and whether the pair is
+        labelled. `gate=True` adds, for a late-fusion variant, the gate's image share of each neighbour (one
+        forward pass per note: not cached)."""
+        from core.explain import explanations, has_image, has_text
+
+        if (note_id is None) == (query is None):
+            raise WorkbenchError("give either note_id or query")
+        corpus = self._corpus(dataset)
+        ids = [hit.note_id if isinstance(hit, Hit) else str(hit) for hit in neighbours]
+        missing = [i for i in ids if i not in corpus.row_of]
+        if missing:
+            raise WorkbenchError(f"dataset '{dataset}' has no note '{missing[0]}'")
+        notes = [corpus.notes[corpus.row_of[i]] for i in ids]
+        if query is None:
+            query = self.note(dataset, note_id)
+        row = self.variant(dataset, name)
+        scores = {}
+        for modality, wanted, present in (("text", row.reads_text, has_text), ("image", row.reads_image, has_image)):
+            usable = [present(note) for note in notes]
+            if not (wanted and present(query) and any(usable)):
+                scores[modality] = [None] * len(notes)
+                continue
+            vectors = self._explain_vectors(name, dataset, [n for n, ok in zip(notes, usable) if ok], modality)
+            mine = (self._explain_vectors(name, dataset, [query], modality) if note_id is not None
+                    else self.encode(name, [query], modality))[0]
+            found = iter((vectors @ mine).tolist())
+            scores[modality] = [float(next(found)) if ok else None for ok in usable]
+        shares = self._gate_image_shares(name, row, [query, *notes]) if gate else None
+        related = self.related(dataset).get(note_id, frozenset()) if note_id is not None else frozenset()
+        return explanations(query, notes, scores["text"], scores["image"], related, shares)
+
+    def _explain_vectors(self, name: str, dataset: str, notes: Sequence[Note], modality: str) -> np.ndarray:
+        """Rows of a modality's vectors: from the index in memory when it is built, else through the vector
+        cache under the same lock the index build takes, so the two never write the cache at once."""
+        corpus = self._corpus(dataset)
+        key = (name, dataset, modality)
+        space = self._spaces.get(key, (self.encoder_fingerprint(name), corpus.fingerprint))
+        if space is not None:
+            return space.matrix[[corpus.row_of[note.note_id] for note in notes]]
+        with self._spaces.lock(key):
+            return np.asarray(self.note_vectors(name, dataset, notes, modality), dtype=np.float32)
+
+    def _gate_image_shares(self, name: str, row: Variant, notes: Sequence[Note]) -> dict[str, float] | None:
+        """note id -> 1 - the late-fusion gate's LLM share (0 for a note without a picture); None without a
+        gate."""
+        if not (row.late_fusion and row.has_attention):
+            return None
+        from core.analysis.gate import gate_shares
+
+        with encoders.lock(self.workspace, name):
+            frame = gate_shares(self.encoder(name), list(notes))
+        return {note_id: 1.0 - float(share) for note_id, share in zip(frame["note_id"], frame["llm_share"])}
+
+    def default_query(self, dataset: str) -> str | None:
+        """The note a page shows first (core.explain.default_query): the most related note among those with
+        a title and a picture that is not near-blank; remembered while the dataset is unchanged."""
+        from core.data.images import decode_image, looks_blank
+        from core.explain import default_query
+
+        corpus = self._corpus(dataset)
+        chosen = corpus.default_query
+        if chosen is None:
+            def blank(note: Note) -> bool:
+                return looks_blank(decode_image(note.image, draft_side=128))
+
+            chosen = default_query(corpus.notes, self.related(dataset), blank) or ""
+            corpus.default_query = chosen
+        return chosen or None
 
     # ------------------------------------------------------------------------------------ evaluation
     def split(self, name: str, dataset: str):

@@ -133,6 +133,50 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return image.convert("RGB")
 
 
+# Presentation helpers (thumbnails, choosing a query to show): they never touch the pixels a model sees.
+PAPER_THRESHOLD = 245  # a grey level at or above this counts as empty paper
+NEAR_BLANK_INK = 0.01  # a picture with less ink than this share of its pixels reads as blank
+FLAT_STDDEV = 4.0  # grey levels: a picture varying less than this is one flat colour
+
+
+def ink_box(image: Image.Image, threshold: int = PAPER_THRESHOLD) -> tuple[int, int, int, int] | None:
+    """The bounding box of the pixels darker than `threshold` (any channel), or None for a blank picture."""
+    grey = to_rgb(image).convert("L").point(lambda value: 255 if value < threshold else 0)
+    return grey.getbbox()
+
+
+def trim_margins(image: Image.Image, threshold: int = PAPER_THRESHOLD, margin: float = 0.03) -> Image.Image:
+    """`image` with its empty white margins cut away, keeping a thin border of `margin` times the drawing's
+    longer side; a blank picture comes back as it is. For display: a thumbnail then shows the drawing, not
+    the paper around it."""
+    box = ink_box(image, threshold)
+    if box is None:
+        return image
+    left, top, right, bottom = box
+    pad = int(round(margin * max(right - left, bottom - top)))
+    box = (max(0, left - pad), max(0, top - pad), min(image.width, right + pad), min(image.height, bottom + pad))
+    return image if box == (0, 0, image.width, image.height) else image.crop(box)
+
+
+def ink_share(image: Image.Image, threshold: int = PAPER_THRESHOLD, side: int = 128) -> float:
+    """The share of pixels darker than `threshold`, measured on a copy at most `side` px a side: 0 for a
+    white page."""
+    small = to_rgb(image).convert("L")
+    small.thumbnail((side, side))
+    histogram = small.histogram()
+    total = sum(histogram)
+    return sum(histogram[:threshold]) / total if total else 0.0
+
+
+def looks_blank(image: Image.Image, side: int = 128) -> bool:
+    """True for a picture with next to no ink on white, or one flat colour (no contrast to show)."""
+    from PIL import ImageStat
+
+    small = to_rgb(image).convert("L")
+    small.thumbnail((side, side))
+    return ink_share(small, side=side) < NEAR_BLANK_INK or ImageStat.Stat(small).stddev[0] < FLAT_STDDEV
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """A stored (normalised) image as a PIL RGB image."""
     try:
