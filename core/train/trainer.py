@@ -16,13 +16,15 @@ resumed run sees exactly the batches and learning rates an uninterrupted one wou
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +35,10 @@ from core.runtime import configure_threads, resolve_device
 from core.runs import EVENTS_FILE, RUN_FILE, read_run_file, write_run_file
 from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.train.loss import ContrastiveLoss
-from core.train.presets import get_preset
+from core.train.presets import DEFAULT_PRESET, get_preset
 from core.workspace import Workspace
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,15 +174,199 @@ def lr_multiplier(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+# -------------------------------------------------------------------------------------- callbacks
+HOOKS = ("on_start", "on_step", "on_evaluate", "on_checkpoint", "on_end")
+
+
+class TrainerCallback:
+    """What a run tells the code that watches it. Subclass it and override the hooks you need (the others do
+    nothing); any object with these five methods will do as well.
+
+    Every hook gets the trainer first: `trainer.config`, `trainer.run_dir`, `trainer.is_main`, `trainer.step`,
+    and `trainer.request_stop()`, which ends the run the way SIGTERM does (the current step finishes, a
+    checkpoint is written, the run is "cancelled" and resumable).
+
+    - on_start(trainer, start_step): the run folder is ready (0 for a new run, the checkpoint's step on resume)
+    - on_step(trainer, row): after every optimizer step; `row` is the step's events.jsonl row (step, total,
+      loss, lr, lrs, temperature, notes_per_s, ...)
+    - on_evaluate(trainer, metrics): after every held-out evaluation (step 0 is the baseline before training);
+      `metrics` is the eval row without its "event" key. Evaluation runs on the main process only, so this
+      hook is called there only.
+    - on_checkpoint(trainer, step): after a checkpoint of `step` is on disk, in every process
+    - on_end(trainer, summary): once, last, for every run that reached on_start; summary["status"] is "finished" or "cancelled" (the run returns
+      the summary), "failed" (a non-finite loss or a callback that raised; the run raises TrainingStopped
+      after this hook, run.json says failed and the last checkpoint is kept), or "error" (an unexpected
+      exception is on its way out; run.json is left as it was)
+
+    Callbacks passed to the Trainer run in every process of a distributed run, after the built-in ones (which
+    write only from the main process). A callback that asks to stop must ask in every process at the same
+    step (deciding on the step number does): a process that stops alone leaves the others waiting.
+
+    A callback that raises stops the run at once: the error is raised as `CallbackError` (a TrainingStopped,
+    naming the callback and the hook, the original exception as its cause); run.json says "failed", a
+    "stopped" row in events.jsonl gives the reason, and the last checkpoint is kept, so `--resume` continues
+    from it as after any failure. Only an error in on_end leaves the run's end state as it was.
+    """
+
+    def on_start(self, trainer: "Trainer", start_step: int) -> None:
+        pass
+
+    def on_step(self, trainer: "Trainer", row: dict) -> None:
+        pass
+
+    def on_evaluate(self, trainer: "Trainer", metrics: dict) -> None:
+        pass
+
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        pass
+
+    def on_end(self, trainer: "Trainer", summary: dict) -> None:
+        pass
+
+
+class EventsFileCallback(TrainerCallback):
+    """events.jsonl: one row per step, per evaluation, and for a cancelled or stopped run."""
+
+    def on_start(self, trainer, start_step):
+        if trainer.resume:
+            self.truncate(trainer.run_dir, start_step)
+
+    def on_step(self, trainer, row):
+        self.write(trainer.run_dir, row)
+
+    def on_evaluate(self, trainer, metrics):
+        self.write(trainer.run_dir, {"event": "eval", **metrics})
+
+    def on_end(self, trainer, summary):
+        if summary["status"] == "cancelled":
+            self.write(trainer.run_dir, {"step": summary["step"], "event": "cancelled"})
+        elif summary["status"] == "failed":
+            self.write(trainer.run_dir, {"step": summary["step"], "event": "stopped", "reason": summary["message"]})
+
+    @staticmethod
+    def write(run_dir: Path, row: dict) -> None:
+        with open(run_dir / EVENTS_FILE, "a") as f:
+            f.write(json.dumps({"time": time.time(), **row}) + "\n")
+
+    @staticmethod
+    def truncate(run_dir: Path, step: int) -> None:
+        """Drop rows a killed process wrote after its last checkpoint: the resumed run writes them again."""
+        path = run_dir / EVENTS_FILE
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by kill -9
+            if row.get("step", 0) <= step and row.get("event") not in ("cancelled", "stopped"):
+                kept.append(line)
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.write_text("".join(line + "\n" for line in kept))
+        os.replace(staging, path)
+
+
+class RunFileCallback(TrainerCallback):
+    """run.json's state: running on resume, the step of every checkpoint, and how the run ended."""
+
+    def on_start(self, trainer, start_step):
+        if trainer.resume:
+            self.update(trainer.run_dir, status="running")
+
+    def on_checkpoint(self, trainer, step):
+        self.update(trainer.run_dir, step=step, checkpoint_step=step)
+
+    def on_end(self, trainer, summary):
+        status = summary["status"]
+        if status in ("finished", "cancelled"):
+            self.update(trainer.run_dir, status=status, step=summary["step"])
+        elif status == "failed":
+            self.update(trainer.run_dir, status="failed", message=summary["message"])
+
+    @staticmethod
+    def update(run_dir: Path, **changes) -> None:
+        data = read_run_file(run_dir)
+        data.update(changes)
+        data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_run_file(run_dir, data)
+
+
+class ProgressBarCallback(TrainerCallback):
+    """A tqdm bar on the terminal (loss and temperature beside it), and the image path's warning sentence."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_start(self, trainer, start_step):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trainer.config.steps, initial=start_step, desc=f"train {trainer.config.run}",
+                        unit="step")
+
+    def on_step(self, trainer, row):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", t=f"{row['temperature']:.3f}")
+            self.bar.update(1)
+
+    def on_evaluate(self, trainer, metrics):
+        # The warning of an evaluation with image-path figures is the verdict of Trainer._image_path_check.
+        if metrics.get("image_path") and metrics.get("warning"):
+            from tqdm import tqdm
+
+            tqdm.write(f"step {metrics.get('step')}: {metrics['warning']}")
+
+    def on_end(self, trainer, summary):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StepFunctionCallback(TrainerCallback):
+    """A plain function of each step's row (the `on_step=` argument: a job's progress, for one)."""
+
+    def __init__(self, function: Callable[[dict], None]):
+        self.function = function
+
+    def on_step(self, trainer, row):
+        self.function(row)
+
+
 # ---------------------------------------------------------------------------------------- the trainer
-class StopRequested(Exception):
-    pass
+class TrainingStopped(WorkbenchError):
+    """The run cannot go on (a non-finite loss, a callback that raised): run.json says failed, the last
+    checkpoint is kept."""
+
+
+class CallbackError(TrainingStopped):
+    """A callback raised; its exception is the cause."""
+
+
+@dataclass
+class _Session:
+    """What one run trains with: built once by Trainer._setup, read by every step."""
+    accelerator: Any
+    model: NoteEncoder  # unwrapped: evaluation, checkpoints and calibration use it
+    loss_module: ContrastiveLoss
+    optimizer: Any  # accelerate's wrapper once prepared
+    scheduler: Any
+    features: Any
+    schedule: BatchSchedule
+    split: Any
+    notes_by_id: dict
+    wrapped: Any = None  # the model as accelerate prepared it (DDP in a distributed run)
+    start_step: int = 0
+    visual_losses: list = field(default_factory=list)  # mICL image-side loss since the last evaluation
 
 
 class Trainer:
+    """Trains one run. `callbacks` watch it (TrainerCallback); the built-in ones, installed first in the main
+    process, write events.jsonl and run.json, draw the progress bar (`progress_bar`) and call `on_step`."""
+
     def __init__(self, workspace: Workspace | str | None, config: TrainConfig, model_config: NoteEncoderConfig,
                  resume: bool = False, init_from: str | None = None,
-                 on_step: Callable[[dict], None] | None = None, progress_bar: bool = False):
+                 on_step: Callable[[dict], None] | None = None, progress_bar: bool = False,
+                 callbacks: Sequence[TrainerCallback] = ()):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         self.config = config
         self.model_config = model_config
@@ -187,8 +374,17 @@ class Trainer:
         self.init_from = init_from
         self.on_step = on_step
         self.progress_bar = progress_bar
+        for callback in callbacks:
+            missing = [hook for hook in HOOKS if not callable(getattr(callback, hook, None))]
+            if missing:
+                raise WorkbenchError(f"training callback {type(callback).__name__} has no {', '.join(missing)}; "
+                                     "subclass core.train.trainer.TrainerCallback")
+        self.callbacks = list(callbacks)
         self.stop_requested = False
         self.run_dir = self.workspace.run_dir(config.run)
+        self.world, self.is_main = 1, True
+        self.step = 0  # the step being trained, or the last one (the checkpoint's step before the loop)
+        self._installed: list = []
 
     # --------------------------------------------------------------------------------- preparation
     @staticmethod
@@ -294,17 +490,49 @@ class Trainer:
             AcceleratorState._reset_state(True)
 
     def _run(self, accelerator) -> dict:
-        config = self.config
-        world, is_main = accelerator.num_processes, accelerator.is_main_process
-        saved = self._prepare_run_dir(is_main)
+        self.world, self.is_main = accelerator.num_processes, accelerator.is_main_process
+        saved = self._resume_state(accelerator)
+        session = self._setup(accelerator, saved)
+        if saved is None:
+            self._calibrate(session)
+            self._create_run_folder()
+        else:
+            self._restore(session)
+        self._installed = self._default_callbacks() + self.callbacks
+        try:
+            self._notify("on_start", session.start_step)
+            if saved is None and self.config.eval_every and self.is_main:
+                self._evaluate(0, session)  # recall before any training: the baseline later ones are read against
+            session.wrapped, session.optimizer = accelerator.prepare(session.model, session.optimizer)
+            accelerator.wait_for_everyone()
+            with self._stop_on_signals():
+                summary = self._train_loop(session)
+        except TrainingStopped as error:
+            self._end(self._summary("failed", message=str(error)), propagating=error)
+            raise
+        except BaseException as error:
+            self._end(self._summary("error", message=f"{type(error).__name__}: {error}"), propagating=error)
+            raise
+        self._end(summary)
+        return summary
+
+    # ------------------------------------------------------------------------------------- setup
+    def _resume_state(self, accelerator) -> dict | None:
+        """On resume, the saved run.json, whose configs then replace the given ones (all but the device)."""
+        saved = self._prepare_run_dir(self.is_main)
         accelerator.wait_for_everyone()  # every process checks the folder before the main one creates it
         if saved is not None:
-            config = self.config = TrainConfig.from_dict({**saved["train"], "device": self.config.device})
+            self.config = TrainConfig.from_dict({**saved["train"], "device": self.config.device})
             self.model_config = NoteEncoderConfig.from_dict(saved["model"])
-            if saved.get("world_size", world) != world:
-                raise WorkbenchError(f"run '{config.run}' was trained with {saved['world_size']} processes; resume it "
-                                     f"with the same number (the global batch and schedule depend on it)")
-        split, notes_by_id = self._load_data(world)
+            if saved.get("world_size", self.world) != self.world:
+                raise WorkbenchError(f"run '{self.config.run}' was trained with {saved['world_size']} processes; "
+                                     f"resume it with the same number (the global batch and schedule depend on it)")
+        return saved
+
+    def _setup(self, accelerator, saved: dict | None) -> _Session:
+        """Data, model, loss, optimizer, feature cache and the batch schedule, seeded."""
+        config = self.config
+        split, notes_by_id = self._load_data(self.world)
 
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
@@ -320,7 +548,13 @@ class Trainer:
         from core.encode import feature_cache_for
 
         features = feature_cache_for(model, self.workspace.root)
-        global_batch = config.batch_pairs * world
+        schedule = self._batch_schedule(model, split, notes_by_id)
+        return _Session(accelerator=accelerator, model=model, loss_module=loss_module, optimizer=optimizer,
+                        scheduler=scheduler, features=features, schedule=schedule, split=split,
+                        notes_by_id=notes_by_id)
+
+    def _batch_schedule(self, model: NoteEncoder, split, notes_by_id) -> BatchSchedule:
+        config = self.config
         lengths = None
         if config.length_buckets:
             tokens = {}
@@ -329,101 +563,137 @@ class Trainer:
                     if note_id not in tokens:
                         tokens[note_id] = len(model.prompts.build(notes_by_id[note_id]).ids)
             lengths = [max(tokens[a], tokens[b]) for a, b in split.train_pairs]
-        schedule = BatchSchedule(split.train_pairs, global_batch, config.seed, lengths, config.length_buckets)
-        start_step = 0
-        if saved is not None:
-            checkpoint = latest_checkpoint(self.run_dir)
-            if checkpoint is None:
-                raise WorkbenchError(f"run '{config.run}' has no checkpoint to resume from")
-            state = load_checkpoint(checkpoint, model, loss_module, optimizer, scheduler)
-            start_step = state["step"]
-            if start_step >= config.steps:
-                raise WorkbenchError(f"run '{config.run}' is finished already ({start_step}/{config.steps} steps)")
-        else:
-            if model.needs_calibration:
-                # Calibrate the late-fusion image projection and the state offset on the first *global* batch,
-                # before DDP wraps the model: every process then starts from the same weights as a one-process
-                # run would.
-                with torch.no_grad():
-                    self._forward(model, features, schedule.batch(0), notes_by_id)
-            if is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                write_run_file(self.run_dir, {
-                    "run": config.run, "dataset": config.dataset, "variant": config.variant, "preset": config.preset,
-                    "split_seed": config.split_seed, "test_fraction": config.test_fraction,
-                    "distractor_fraction": config.distractor_fraction, "world_size": world,
-                    "train": asdict(config), "model": self.model_config.to_dict(), "status": "running",
-                    "step": 0, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                (self.run_dir / EVENTS_FILE).write_text("")
-        if is_main and saved is not None:
-            self._truncate_events(start_step)
-            self._update_run(status="running")
+        return BatchSchedule(split.train_pairs, config.batch_pairs * self.world, config.seed, lengths,
+                             config.length_buckets)
 
-        if saved is None and config.eval_every and is_main:
-            # Recall before any training: the baseline every later evaluation is read against.
-            metrics = {"step": 0, **self.held_out_recall(model, split, notes_by_id, features)}
-            self._image_path_check(metrics, [], world)
-            self._event({"event": "eval", **metrics})
-        visual_losses: list[float] = []  # mICL image-side loss since the last evaluation
-        wrapped, optimizer = accelerator.prepare(model, optimizer)
-        accelerator.wait_for_everyone()
+    def _restore(self, session: _Session) -> None:
+        """Model, loss, optimizer and scheduler from the run's last checkpoint."""
+        config = self.config
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            raise WorkbenchError(f"run '{config.run}' has no checkpoint to resume from")
+        state = load_checkpoint(checkpoint, session.model, session.loss_module, session.optimizer, session.scheduler)
+        session.start_step = self.step = state["step"]
+        if session.start_step >= config.steps:
+            raise WorkbenchError(f"run '{config.run}' is finished already ({session.start_step}/{config.steps} steps)")
 
+    def _calibrate(self, session: _Session) -> None:
+        if session.model.needs_calibration:
+            # Calibrate the late-fusion image projection and the state offset on the first *global* batch,
+            # before DDP wraps the model: every process then starts from the same weights as a one-process
+            # run would.
+            with torch.no_grad():
+                self._forward(session.model, session.features, session.schedule.batch(0), session.notes_by_id)
+
+    def _create_run_folder(self) -> None:
+        """run.json (configs, dataset, split, world size) and an empty events.jsonl, from the main process."""
+        if not self.is_main:
+            return
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_file(self.run_dir, {
+            "run": config.run, "dataset": config.dataset, "variant": config.variant, "preset": config.preset,
+            "split_seed": config.split_seed, "test_fraction": config.test_fraction,
+            "distractor_fraction": config.distractor_fraction, "world_size": self.world,
+            "train": asdict(config), "model": self.model_config.to_dict(), "status": "running",
+            "step": 0, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        (self.run_dir / EVENTS_FILE).write_text("")
+
+    # ------------------------------------------------------------------------------------ the loop
+    def _train_loop(self, session: _Session) -> dict:
+        config = self.config
+        for step in range(session.start_step + 1, config.steps + 1):
+            self.step = step
+            row = self._train_step(step, session)
+            self._notify("on_step", row)
+            if "visual_loss" in row:
+                session.visual_losses.append(row["visual_loss"])
+            last = step == config.steps
+            if config.eval_every and step % config.eval_every == 0 or last:
+                if self.is_main:
+                    self._evaluate(step, session)
+                session.visual_losses = []
+                session.accelerator.wait_for_everyone()
+            if step % config.checkpoint_every == 0 or last:
+                self._save_checkpoint(step, session)
+            if self.stop_requested and not last:
+                if step % config.checkpoint_every:
+                    self._save_checkpoint(step, session)
+                return self._summary("cancelled")
+        return self._summary("finished")
+
+    def _summary(self, status: str, message: str | None = None) -> dict:
+        summary = {"run": self.config.run, "status": status, "step": self.step, "steps": self.config.steps,
+                   "run_dir": str(self.run_dir)}
+        if message is not None:
+            summary["message"] = message
+        return summary
+
+    def _evaluate(self, step: int, session: _Session) -> None:
+        metrics = {"step": step, **self.held_out_recall(session.model, session.split, session.notes_by_id,
+                                                        session.features)}
+        self._image_path_check(metrics, session.visual_losses, self.world)
+        self._notify("on_evaluate", metrics)
+
+    def _save_checkpoint(self, step: int, session: _Session) -> None:
+        self._checkpoint(step, session.model, session.loss_module, session.optimizer, session.scheduler,
+                         session.accelerator)
+        self._notify("on_checkpoint", step)
+
+    # ------------------------------------------------------------------------------- callbacks, stop
+    def _default_callbacks(self) -> list:
+        """The run's own records, written from the main process only."""
+        if not self.is_main:
+            return []
+        installed = [EventsFileCallback(), RunFileCallback()]
+        if self.progress_bar:
+            installed.append(ProgressBarCallback())
+        if self.on_step is not None:
+            installed.append(StepFunctionCallback(self.on_step))
+        return installed
+
+    def _notify(self, hook: str, *args) -> None:
+        """Call `hook` of every callback in order; the first that raises stops the run (CallbackError)."""
+        for callback in self._installed:
+            try:
+                getattr(callback, hook)(self, *args)
+            except Exception as error:
+                what = f"training callback {type(callback).__name__}.{hook} raised {type(error).__name__}: {error}"
+                if hook == "on_end":
+                    raise CallbackError(f"{what} after the run ended ({args[0]['status']} at step {self.step})") \
+                        from error
+                raise CallbackError(f"{what} at step {self.step}; training stopped, {self._kept_checkpoint()}") \
+                    from error
+
+    def _end(self, summary: dict, propagating: BaseException | None = None) -> None:
+        """on_end, once. While another exception is on its way out, a callback's own error is logged, not
+        raised in its place."""
+        if propagating is None:
+            self._notify("on_end", summary)
+            return
+        try:
+            self._notify("on_end", summary)
+        except CallbackError:
+            log.exception("a training callback failed while the run ended with %s", type(propagating).__name__)
+
+    def request_stop(self) -> None:
+        """End the run after the current step, with a checkpoint: the run is "cancelled" and resumable."""
+        self.stop_requested = True
+
+    @contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM and SIGINT (a job's cancel, Ctrl-C) request a stop while the loop runs."""
         previous = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-        if self._can_handle_signals():
+        handles = self._can_handle_signals()
+        if handles:
             signal.signal(signal.SIGTERM, self._request_stop)
             signal.signal(signal.SIGINT, self._request_stop)
-        bar = None
-        if self.progress_bar and is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.run}", unit="step")
-        step = start_step
-        summary: dict = {}
         try:
-            for step in range(start_step + 1, config.steps + 1):
-                row = self._train_step(step, wrapped, model, loss_module, optimizer, scheduler, schedule, features,
-                                       accelerator, notes_by_id)
-                if is_main:
-                    self._event(row)
-                if "visual_loss" in row:
-                    visual_losses.append(row["visual_loss"])
-                if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", t=f"{row['temperature']:.3f}")
-                    bar.update(1)
-                last = step == config.steps
-                if config.eval_every and step % config.eval_every == 0 or last:
-                    if is_main:
-                        metrics = {"step": step, **self.held_out_recall(model, split, notes_by_id, features)}
-                        self._image_path_check(metrics, visual_losses, world)
-                        self._event({"event": "eval", **metrics})
-                        row.update({"eval": metrics})
-                    visual_losses = []
-                    accelerator.wait_for_everyone()
-                if step % config.checkpoint_every == 0 or last:
-                    self._checkpoint(step, model, loss_module, optimizer, scheduler, accelerator)
-                if self.on_step is not None and is_main:
-                    self.on_step(row)
-                if self.stop_requested and not last:
-                    if step % config.checkpoint_every:
-                        self._checkpoint(step, model, loss_module, optimizer, scheduler, accelerator)
-                    raise StopRequested()
-            summary = {"run": config.run, "status": "finished", "step": step, "steps": config.steps,
-                       "run_dir": str(self.run_dir)}
-            if is_main:
-                self._update_run(status="finished", step=step)
-        except StopRequested:
-            if is_main:
-                self._event({"step": step, "event": "cancelled"})
-                self._update_run(status="cancelled", step=step)
-            summary = {"run": config.run, "status": "cancelled", "step": step, "steps": config.steps,
-                       "run_dir": str(self.run_dir)}
+            yield
         finally:
-            if bar is not None:
-                bar.close()
-            if self._can_handle_signals():
+            if handles:
                 signal.signal(signal.SIGTERM, previous[0])
                 signal.signal(signal.SIGINT, previous[1])
-        return summary
 
     @staticmethod
     def _can_handle_signals() -> bool:
@@ -432,7 +702,7 @@ class Trainer:
         return threading.current_thread() is threading.main_thread()
 
     def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        self.request_stop()
 
     # ------------------------------------------------------------------------------------------ steps
     def _forward(self, model, features, pairs, notes_by_id):
@@ -447,9 +717,11 @@ class Trainer:
         vision, has_image = model_features(unwrapped, features, batch["images"])
         return model(batch, vision=vision, has_image=has_image)
 
-    def _train_step(self, step, wrapped, model, loss_module, optimizer, scheduler, schedule, features, accelerator,
-                    notes_by_id) -> dict:
+    def _train_step(self, step: int, session: _Session) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns the step's events.jsonl row."""
         config = self.config
+        accelerator, wrapped, loss_module = session.accelerator, session.wrapped, session.loss_module
+        optimizer, scheduler, schedule = session.optimizer, session.scheduler, session.schedule
         world, rank = accelerator.num_processes, accelerator.process_index
         started = time.perf_counter()
         totals = {"loss": 0.0, "note_loss": 0.0, "visual_loss": 0.0}
@@ -461,7 +733,7 @@ class Trainer:
             sync = micro == config.grad_accum - 1
             context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
             with context:
-                output = self._forward(wrapped, features, local, notes_by_id)
+                output = self._forward(wrapped, session.features, local, session.notes_by_id)
                 real_tokens, positions = real_tokens + self._tokens[0], positions + self._tokens[1]
                 losses = loss_module(output.embedding, output.visual_embedding)
                 loss = losses["loss"]
@@ -501,13 +773,13 @@ class Trainer:
         return row
 
     def _non_finite(self, step: int, value: float, accelerator, what: str = "loss") -> None:
+        message = (f"{what} became {value} at step {step}; training stopped, {self._kept_checkpoint()}. "
+                   "Lower the learning rates.")
+        raise TrainingStopped(message)  # recorded by the callbacks' on_end (events.jsonl, run.json)
+
+    def _kept_checkpoint(self) -> str:
         latest = latest_checkpoint(self.run_dir)
-        kept = f"the last good checkpoint ({latest.name}) is kept" if latest else "no checkpoint was written yet"
-        message = f"{what} became {value} at step {step}; training stopped, {kept}. Lower the learning rates."
-        if accelerator.is_main_process:
-            self._event({"step": step, "event": "stopped", "reason": message})
-            self._update_run(status="failed", message=message)
-        raise WorkbenchError(message)
+        return f"the last good checkpoint ({latest.name}) is kept" if latest else "no checkpoint was written yet"
 
     def _checkpoint(self, step, model, loss_module, optimizer, scheduler, accelerator) -> None:
         accelerator.wait_for_everyone()
@@ -526,7 +798,6 @@ class Trainer:
 
                     shutil.copyfile(folder / name, staging)
                 os.replace(staging, self.run_dir / name)
-            self._update_run(step=step, checkpoint_step=step)
         accelerator.wait_for_everyone()
 
     # --------------------------------------------------------------------------------- evaluation
@@ -552,7 +823,7 @@ class Trainer:
 
     def _image_path_check(self, metrics: dict, visual_losses: list[float], world: int) -> None:
         """Adds the mICL visual loss against chance to the evaluation's image-path figures, and a sentence
-        when the path looks broken (in events.jsonl, and on the terminal)."""
+        (metrics["warning"]) when the path looks broken: events.jsonl keeps it, the progress bar prints it."""
         from core.analysis.image_path import chance_loss, health_verdict
 
         health = metrics.get("image_path")
@@ -565,38 +836,6 @@ class Trainer:
         verdict = health_verdict(health, health.get("visual_loss") if warm else None, health["chance_loss"])
         if verdict:
             metrics["warning"] = verdict
-            if self.progress_bar:
-                from tqdm import tqdm
-
-                tqdm.write(f"step {metrics.get('step')}: {verdict}")
-
-    # ------------------------------------------------------------------------------------- records
-    def _event(self, row: dict) -> None:
-        with open(self.run_dir / EVENTS_FILE, "a") as f:
-            f.write(json.dumps({"time": time.time(), **row}) + "\n")
-
-    def _truncate_events(self, step: int) -> None:
-        """Drop rows a killed process wrote after its last checkpoint: the resumed run writes them again."""
-        path = self.run_dir / EVENTS_FILE
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by kill -9
-            if row.get("step", 0) <= step and row.get("event") not in ("cancelled", "stopped"):
-                kept.append(line)
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_text("".join(line + "\n" for line in kept))
-        os.replace(staging, path)
-
-    def _update_run(self, **changes) -> None:
-        data = read_run_file(self.run_dir)
-        data.update(changes)
-        data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_run_file(self.run_dir, data)
 
 
 class _null:
@@ -607,12 +846,13 @@ class _null:
         return False
 
 
-def train(workspace, dataset: str | None, variant: str | None, run: str, preset: str = "cpu", steps: int = 100,
-          resume: bool = False, init_from: str | None = None, on_step=None, progress_bar: bool = False,
-          **overrides) -> dict:
-    """Build the configs of a preset with overrides and train (or resume) a run.
+def train(workspace, dataset: str | None, variant: str | None, run: str, preset: str = DEFAULT_PRESET,
+          steps: int = 100, resume: bool = False, init_from: str | None = None, on_step=None,
+          progress_bar: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides) -> dict:
+    """Build the configs of a preset with overrides and train (or resume) a run; `callbacks` watch it.
 
-    On resume the run's own run.json decides everything but the device; the other arguments are ignored."""
+    On resume the run's own run.json decides everything but the device; the other training arguments are
+    ignored."""
     if resume:
         workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         Trainer.check_run_name(run)
@@ -622,7 +862,7 @@ def train(workspace, dataset: str | None, variant: str | None, run: str, preset:
         saved = read_run_file(workspace.run_dir(run))
         config = TrainConfig.from_dict({**saved["train"], "device": overrides.get("device") or saved["train"]["device"]})
         return Trainer(workspace, config, NoteEncoderConfig.from_dict(saved["model"]), resume=True,
-                       on_step=on_step, progress_bar=progress_bar).run()
+                       on_step=on_step, progress_bar=progress_bar, callbacks=callbacks).run()
     if not dataset:
         raise WorkbenchError("--dataset is required (unless --resume)")
     if not variant:
@@ -631,4 +871,4 @@ def train(workspace, dataset: str | None, variant: str | None, run: str, preset:
     train_values = {**train_defaults, "steps": steps}
     config = TrainConfig(dataset=dataset, variant=variant, run=run, preset=preset, **train_values)
     return Trainer(workspace, config, model_config, resume=resume, init_from=init_from, on_step=on_step,
-                   progress_bar=progress_bar).run()
+                   progress_bar=progress_bar, callbacks=callbacks).run()
