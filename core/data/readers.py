@@ -94,7 +94,7 @@ def _is_jsonl(path: Path, text: str) -> bool:
     return text.lstrip()[:1] in ("{", "[")
 
 
-def _map_columns(names, canonical, aliases, required, label, expected) -> dict[str, str]:
+def map_columns(names, canonical, aliases, required, label, expected) -> dict[str, str]:
     """Raw column name -> canonical name; missing, unknown and duplicate columns are file problems."""
     mapping, problems, taken = {}, [], {}
     for raw in names:
@@ -180,7 +180,7 @@ def _csv_records(text, label, canonical, aliases, required, expected, delimiter=
         header = next(reader)
     except (StopIteration, csv.Error) as error:
         raise UploadError([Problem(label, 1, f"cannot read the CSV header ({error})")], f"{label} is not CSV") from None
-    mapping = _map_columns(header, canonical, aliases, required, label, expected)
+    mapping = map_columns(header, canonical, aliases, required, label, expected)
     names = [mapping.get(raw) for raw in header]
     while True:
         start = reader.line_num + 1
@@ -255,8 +255,15 @@ def iter_notes(path: str | Path, result: NotesRead, limits: FieldLimits = FieldL
     every note id's first line in `result` (whose `records` stays empty), so memory holds the ids, not the notes."""
     path = Path(path)
     label = path.name
+    yield from check_notes(_records(path, label, NOTE_COLUMNS, NOTE_ALIASES, REQUIRED_NOTE_COLUMNS, EXPECTED_NOTES),
+                           label, result, limits)
+
+
+def check_notes(rows, label: str, result: NotesRead, limits: FieldLimits = FieldLimits()):
+    """The row checks of every notes format: `rows` yields (row number, {canonical column: value}) or
+    (row number, Problem); good rows come out as NoteRecords, row problems and note ids go into `result`."""
     first_line = result.ids
-    for line, record in _records(path, label, NOTE_COLUMNS, NOTE_ALIASES, REQUIRED_NOTE_COLUMNS, EXPECTED_NOTES):
+    for line, record in rows:
         result.read += 1
         if isinstance(record, Problem):
             result.problems.append(record)
@@ -297,9 +304,16 @@ def read_pairs(path: str | Path, max_id_chars: int = FieldLimits.note_id) -> Pai
     """Pairs with their line numbers; only checks each row on its own (ids against notes come later)."""
     path = Path(path)
     label = path.name
+    return check_pairs(_records(path, label, PAIR_COLUMNS, PAIR_ALIASES, PAIR_COLUMNS, EXPECTED_PAIRS), label,
+                       max_id_chars)
+
+
+def check_pairs(rows, label: str, max_id_chars: int = FieldLimits.note_id) -> PairsRead:
+    """The row checks of every pairs format: `rows` yields (row number, {canonical column: value}) or
+    (row number, Problem)."""
     result = PairsRead(file=label)
     first_line: dict[frozenset, int] = {}
-    for line, record in _records(path, label, PAIR_COLUMNS, PAIR_ALIASES, PAIR_COLUMNS, EXPECTED_PAIRS):
+    for line, record in rows:
         result.read += 1
         if isinstance(record, Problem):
             result.problems.append(record)

@@ -31,9 +31,9 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
-from core.data.images import ImageLimits, ImageProblem, normalise_image, open_images
+from core.data.images import ImageLimits, ImageProblem, ImageSource, normalise_image, open_images
 from core.data.problems import Problem, UploadError
-from core.data.readers import FieldLimits, NotesRead, iter_notes, read_pairs
+from core.data.readers import FieldLimits, NotesRead, PairsRead, iter_notes, read_pairs
 from core.data.schema import Note
 from core.errors import WorkbenchError
 from core.workspace import Workspace, check_dataset_name
@@ -305,20 +305,38 @@ class Store:
             raise WorkbenchError(f"notes file not found: {notes_path}")
         if pairs_file is not None and not Path(pairs_file).is_file():
             raise WorkbenchError(f"pairs file not found: {pairs_file}")
+        return self.import_records(
+            name, notes_path.name, lambda result: iter_notes(notes_path, result, self.field_limits),
+            (lambda: read_pairs(pairs_file, self.field_limits.note_id)) if pairs_file is not None else None,
+            lambda: open_images(images, notes_path), skip_bad=skip_bad, progress=progress,
+            source=source or _describe_source(notes_path, pairs_file, images))
+
+    def import_records(self, name: str, notes_label: str, note_records: Callable[[NotesRead], Iterable],
+                       read_pairs_file: Callable[[], PairsRead] | None, open_image_source: Callable[[], ImageSource],
+                       skip_bad: bool = False, progress: Progress | None = None, source: str = "",
+                       normalise: Callable[[bytes, ImageLimits], tuple[bytes, str]] = normalise_image) -> ImportReport:
+        """The import behind every upload format (core.data.bridges adds Parquet and Hugging Face folders).
+        `note_records(result)` yields the checked NoteRecords (counting rows and row problems in `result`),
+        `read_pairs_file()` reads the pairs, `open_image_source()` opens what the image cells name, and
+        `normalise` turns fetched bytes into the stored image. Same checks, policy and transaction as
+        `import_dataset`."""
+        check_dataset_name(name)
+        if self.has_dataset(name):
+            raise WorkbenchError(f"dataset '{name}' already exists; delete it first (python -m core delete-dataset {name})")
         progress = progress or (lambda done, total, message: None)
 
         progress(0, 1, "reading notes")
-        notes_read = NotesRead(file=notes_path.name)
+        notes_read = NotesRead(file=notes_label)
         staging = _Staging(self.workspace.root)
         incoming = _IncomingImages(self.workspace)
         image_source = None
         try:
             # The good rows go to a scratch sqlite file as they are read: memory holds the note ids, not the notes.
-            staging.add(iter_notes(notes_path, notes_read, self.field_limits))
-            pairs_read = read_pairs(pairs_file, self.field_limits.note_id) if pairs_file is not None else None
+            staging.add(note_records(notes_read))
+            pairs_read = read_pairs_file() if read_pairs_file is not None else None
             report = ImportReport(dataset=name, read=notes_read.read,
                                   pairs_read=pairs_read.read if pairs_read else 0)
-            image_source = open_images(images, notes_path)
+            image_source = open_image_source()
             note_problems = list(notes_read.problems)
             stored: list[tuple[str, int]] = []  # (image file, line)
             with_images = staging.count("image_ref != ''")
@@ -326,7 +344,7 @@ class Store:
                 progress(done, with_images, "checking images")
                 try:
                     data = image_source.fetch(ref, self.image_limits)
-                    normalised, extension = normalise_image(data, self.image_limits)
+                    normalised, extension = normalise(data, self.image_limits)
                 except ImageProblem as problem:
                     note_problems.append(Problem(notes_read.file, line, f"image '{ref}': {problem}"))
                     continue
@@ -385,7 +403,7 @@ class Store:
             report.pairs_skipped = _one_per_row(report.pairs_skipped)
 
             progress(0, 1, "writing")
-            self._write(name, source or _describe_source(notes_path, pairs_file, images), staging, pairs,
+            self._write(name, source, staging, pairs,
                         len(report.skipped) + len(report.pairs_skipped),
                         {"read": report.read, "pairs_read": report.pairs_read}, incoming)
             report.images_new = len(incoming.moved)
