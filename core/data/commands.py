@@ -1,4 +1,5 @@
-"""CLI commands of the data layer: import, datasets, delete-dataset, build-openclipart."""
+"""CLI commands of the data layer: import (CSV, JSONL, Parquet, Hugging Face folders), export, datasets,
+delete-dataset, build-openclipart."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,29 @@ from core.errors import WorkbenchError
 def register(subparsers) -> None:
     p = subparsers.add_parser("import", help="import notes (+ pairs, images) as a dataset; all-or-nothing unless --skip-bad")
     p.add_argument("--name", required=True, help="dataset name")
-    p.add_argument("--notes", required=True, help="notes.csv or notes.jsonl (note_id,title,content,image[,topics][,category])")
-    p.add_argument("--pairs", help="pairs.csv or .jsonl (note_id_1,note_id_2)")
+    p.add_argument("--notes", required=True, help="notes.csv or notes.jsonl (note_id,title,content,image[,topics][,category]),"
+                                                  " notes.parquet, or a Hugging Face save_to_disk folder")
+    p.add_argument("--pairs", help="pairs.csv, .jsonl or .parquet (note_id_1,note_id_2), or a save_to_disk folder")
     p.add_argument("--images", help="folder or .zip of images (default: the notes file's folder and its images/)")
     p.add_argument("--skip-bad", action="store_true", help="import the good rows and report the bad ones")
     p.add_argument("--report", help="write every skipped row (kind,file,row,reason) to this CSV file")
+    p.add_argument("--column", action="append", metavar="TABLE_COLUMN=COLUMN",
+                   help="Parquet / Hugging Face notes only: read a column as a notes column (caption=content), or "
+                        "leave it out (label=-); repeatable")
+    p.add_argument("--split", help="Hugging Face DatasetDict folders: the split to import (default train)")
     add_workspace_argument(p)
     p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("export", help="write a dataset (notes with images, pairs) and its cached vectors, "
+                                             "neighbours, maps and metrics as Parquet and CSV")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--format", choices=("parquet", "csv", "both"), default="both",
+                   help="both (default): Parquet tables plus CSV tables and an images/ folder")
+    p.add_argument("--neighbours", type=int, default=10, metavar="K",
+                   help="nearest neighbours per note from each cached vector set (0: none)")
+    add_workspace_argument(p)
+    p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("datasets", help="list the workspace's datasets with counts")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -55,11 +72,19 @@ def _import_progress():
 def cmd_import(args) -> int:
     from core.data.store import Store
 
+    from core.data.bridges import import_table, table_format
+
     store = Store(args.workspace)
     progress, close = _import_progress()
     try:
-        report = store.import_dataset(args.name, args.notes, args.pairs, args.images, skip_bad=args.skip_bad,
-                                      progress=progress)
+        if table_format(args.notes) is not None:
+            report = import_table(store, args.name, args.notes, args.pairs, args.images, args.column, args.split,
+                                  skip_bad=args.skip_bad, progress=progress)
+        elif args.column or args.split:
+            raise WorkbenchError("--column and --split apply to Parquet files and Hugging Face folders")
+        else:
+            report = store.import_dataset(args.name, args.notes, args.pairs, args.images, skip_bad=args.skip_bad,
+                                          progress=progress)
     finally:
         close()
     print(report.summary())
@@ -68,6 +93,19 @@ def cmd_import(args) -> int:
     if args.report:
         report.write(args.report)
         print(f"report written to {args.report}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.data.export import export_dataset
+    from core.progress import ProgressCallback
+
+    with ProgressCallback(stages=("exporting notes",), unit="note") as progress:
+        manifest = export_dataset(args.workspace, args.dataset, args.out, args.format, args.neighbours, progress)
+    print(f"exported '{args.dataset}' to {args.out}: {len(manifest['written'])} files "
+          f"({', '.join(manifest['written'][:8])}{', ...' if len(manifest['written']) > 8 else ''})")
+    for reason in manifest["left_out"]:
+        print(f"  left out: {reason}")
     return 0
 
 
