@@ -337,6 +337,23 @@ class Workbench:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def import_table(self, name: str, notes: str | Path, pairs: str | Path | None = None,
+                     images: str | Path | None = None, columns: Sequence[str] | Mapping[str, str] | None = None,
+                     split: str | None = None, skip_bad: bool = False, progress: Callable | None = None):
+        """Import a Parquet notes file or a Hugging Face save_to_disk folder (the format is told from `notes`),
+        with the upload's checks and caps (core.data.bridges); returns the store's ImportReport."""
+        from core.data.bridges import import_table
+
+        return import_table(self.store, name, notes, pairs, images, columns, split, skip_bad, progress)
+
+    def export_dataset(self, dataset: str, out: str | Path, formats: str = "both", neighbours: int = 10,
+                       progress: Callable | None = None) -> dict:
+        """Write a dataset with its images, and the vectors, neighbours, maps and metrics the workspace has
+        cached for it, as Parquet (and CSV) into a new folder (core.data.export); returns the manifest."""
+        from core.data.export import export_dataset
+
+        return export_dataset(self.workspace, dataset, out, formats, neighbours, progress)
+
     def _dataset_fingerprint(self, dataset: str) -> tuple:
         """What changes when a dataset is deleted, re-imported or grows. Read on a connection kept per
         thread: opening one (with its pragmas) costs more than the rest of a warm query."""
