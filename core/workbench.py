@@ -200,6 +200,102 @@ class Evaluation:
         return dict(self.figures)
 
 
+# ------------------------------------------------------------------------------------ paired comparisons
+PAPER_K = 10  # the paper's and the reproduction's headline metric: Recall@10
+MIN_PAIRED_QUERIES = 30  # below this a paired test of Recall@10 says little: flagged, not shown as a result
+
+
+@dataclass(frozen=True)
+class QueryRanks:
+    """One query of a paired comparison: its one target and where each side ranked it (1 = first)."""
+    query: str
+    target: str
+    rank_a: int
+    rank_b: int
+
+    @property
+    def gain(self) -> int:
+        """Places B moved the target up against A (negative: B ranks it lower)."""
+        return self.rank_a - self.rank_b
+
+
+@dataclass(frozen=True)
+class PairedEvaluation:
+    """Two variants on the same test queries and candidate pool: per-query target ranks, Recall@k of each,
+    and the paired difference (B minus A) with its paired bootstrap interval and p-value (core.stats).
+    `trivial_reasons` holds one sentence per reason the figures are no result (k covers the whole pool, too
+    few queries); a view shows those sentences instead of the numbers."""
+    dataset: str
+    modality: str
+    a: str
+    b: str
+    k: int
+    ranks: tuple[QueryRanks, ...]  # B's biggest gains first
+    pool: int
+    queries: int
+    recall_a: float
+    recall_b: float
+    difference: float  # recall_b - recall_a
+    ci95: tuple[float, float]
+    p_value: float
+    test: str  # "mcnemar-exact" (one seed each side, 0/1 hits) or "sign-flip permutation"
+    chance: float  # Recall@k of a uniformly random ranking of this pool
+    split_seed: int
+    test_fraction: float
+    k_covers_pool: bool
+    few_queries: bool
+    trivial_reasons: tuple[str, ...] = ()
+
+    @property
+    def trivial(self) -> bool:
+        return self.k_covers_pool or self.few_queries
+
+    @property
+    def significant(self) -> bool:
+        return not self.trivial and self.p_value < 0.05
+
+
+@dataclass(frozen=True)
+class ClaimComparison:
+    """One paired test the reproduction's claims rest on: `a` minus `b` ((variant, modality) each) on Recall@10
+    of all test queries, Holm-adjusted over the reproduction's whole family of tests."""
+    label: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+    queries: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float
+    verdict: str  # "higher" | "lower" | "no difference shown"
+
+
+@dataclass(frozen=True)
+class Claim:
+    number: str
+    statement: str
+    outcome: str  # "holds" | "does not hold" | "not shown" | "undecided" | "not measured"
+    comparisons: tuple[ClaimComparison, ...]
+
+
+@dataclass(frozen=True)
+class PaperClaims:
+    """The paper's claims as the reproduction judged them on one dataset (results/…/per_query.json), or
+    why there is nothing to judge: `note` says which (no reproduction of this dataset, one without per-query
+    ranks, one marked superseded)."""
+    dataset: str
+    source: str  # the results folder, relative to the repository; "" when none was found
+    claims: tuple[Claim, ...]
+    note: str
+    superseded: bool = False
+    tests: int = 0  # size of the Holm family
+
+    @property
+    def judged(self) -> bool:
+        return bool(self.claims)
+
+
 # ---------------------------------------------------------------------------------- in-memory pools
 @dataclass
 class _Corpus:
@@ -599,6 +695,82 @@ class Workbench:
         return service.evaluation_table(self.workspace, dataset, list(names), tuple(modalities), split, seed,
                                         progress)
 
+    # ------------------------------------------------------------------------------------ the paper's claims
+    def paired_comparison(self, dataset: str, a: str, b: str, modality: str = "both", k: int = PAPER_K,
+                          seed: int = 0) -> PairedEvaluation:
+        """Variants `a` and `b` (runs or zero-shot baselines) on the same test queries and pool: each side's
+        cached evaluation (its vectors and figures are cached per weights and dataset), their per-query
+        target ranks paired, and B minus A on Recall@k with core.stats' paired bootstrap and test. Refused
+        with a sentence when the two were evaluated on different splits (runs trained on another split)."""
+        from core.evaluate import recall_chance
+        from core.stats import compare_paired
+
+        if k < 1:
+            raise WorkbenchError("k must be at least 1")
+        first, second = (self.evaluate(name, dataset, "test", modality, seed) for name in (a, b))
+        splits = [(e.split_seed, e.test_fraction, e.figures.get("distractor_fraction")) for e in (first, second)]
+        if splits[0] != splits[1]:
+            raise WorkbenchError(
+                f"'{a}' and '{b}' are evaluated on different test splits (seed {splits[0][0]}, {splits[0][1]:.0%} "
+                f"held out against seed {splits[1][0]}, {splits[1][1]:.0%}): a paired comparison needs the same "
+                "queries and pool; pick variants trained on one split (zero-shot baselines use seed 0, 20%)")
+        per_query = [e.figures.get("per_query") or {} for e in (first, second)]
+        if not per_query[0].get("rank") or not per_query[1].get("rank"):
+            raise WorkbenchError(f"dataset '{dataset}' has no usable test queries to compare '{a}' and '{b}' on")
+        if per_query[0]["target"] != per_query[1]["target"] or first.pool != second.pool:
+            raise WorkbenchError(f"'{a}' and '{b}' answered different queries or pools; evaluate both again")
+        targets, ranks_a, ranks_b = per_query[0]["target"], per_query[0]["rank"], per_query[1]["rank"]
+        rows = sorted((QueryRanks(query=q, target=targets[q], rank_a=int(ranks_a[q]) + 1, rank_b=int(ranks_b[q]) + 1)
+                       for q in ranks_a), key=lambda r: (-r.gain, r.rank_b, r.query))
+        hits_a = {r.query: float(r.rank_a <= k) for r in rows}
+        hits_b = {r.query: float(r.rank_b <= k) for r in rows}
+        result = compare_paired(hits_b, hits_a)  # b minus a
+        reasons = []
+        covers, few = k >= first.pool, len(rows) < MIN_PAIRED_QUERIES
+        if covers:
+            reasons.append(f"Recall@{k} is trivial here: the candidate pool holds {first.pool} notes, so every "
+                           f"target is in the top {k} whatever the model does.")
+        if few:
+            reasons.append(f"Only {len(rows)} test queries (fewer than {MIN_PAIRED_QUERIES}): a difference of "
+                           f"Recall@{k} on so few queries is no evidence either way.")
+        return PairedEvaluation(dataset=dataset, modality=modality, a=a, b=b, k=k, ranks=tuple(rows),
+                                pool=first.pool, queries=len(rows), recall_a=result.mean_b, recall_b=result.mean_a,
+                                difference=result.difference, ci95=(result.ci_low, result.ci_high),
+                                p_value=result.p_value, test=result.test, chance=recall_chance(first.pool, k),
+                                split_seed=first.split_seed, test_fraction=first.test_fraction,
+                                k_covers_pool=covers, few_queries=few, trivial_reasons=tuple(reasons))
+
+    def paper_claims(self, dataset: str, results_dir: str | Path | None = None) -> PaperClaims:
+        """The paper's claims as the reproduction judged them for `dataset`, from the results folder it wrote
+        (`results/`, a folder below it, or its weak-text condition): every Recall@10 comparison the
+        reproduction makes, on all queries and each short/long split, plus its saliency comparisons, paired
+        by core.stats and Holm-adjusted as one family, as RESULTS.md does. Without a reproduction of this
+        dataset, or one written before per-query ranks were kept, `note` says so and no claim is judged."""
+        from core.workspace import REPO_ROOT
+
+        root = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
+        found = _reproduction_folder(root, dataset)
+        if found is None:
+            return PaperClaims(dataset=dataset, source="", claims=(), note=(
+                f"No reproduction of '{dataset}' is in {_shown_path(root)}: its claims have not been judged "
+                "(`python -m core reproduce` judges them)."))
+        folder, superseded = found
+        source = _shown_path(folder)
+        per_query = _read_json(folder / "per_query.json")
+        if not per_query.get("results"):
+            return PaperClaims(dataset=dataset, source=source, claims=(), superseded=superseded, note=(
+                f"The reproduction in {source} kept no per-query ranks"
+                + (" and is marked superseded (not a finding)" if superseded else "")
+                + ", so its claims cannot be judged by paired tests."))
+        claims, tests = _judge_claims(per_query, _read_json(folder / "saliency_batches.json"))
+        note = (f"Judged from the reproduction in {source} (its own runs and workspace): paired tests over the same "
+                f"queries, Holm-adjusted over all {tests} of its comparisons; a difference counts when the "
+                "adjusted p is below 0.05.")
+        if superseded:
+            note = "Superseded (kept for comparison, not a finding). " + note
+        return PaperClaims(dataset=dataset, source=source, claims=claims, note=note, superseded=superseded,
+                           tests=tests)
+
     # ------------------------------------------------------------------------------------ training and jobs
     def start_training(self, dataset: str, variant: str, run: str, preset: str = "cpu", steps: int = 100,
                        batch_pairs: int | None = None, lr_llm: float | None = None, lr_new: float | None = None,
@@ -721,3 +893,138 @@ class Workbench:
         if not directory.is_dir():
             return []
         return sorted(p for p in directory.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+# ------------------------------------------------------------------------------------ the reproduction's claims
+# What the reproduction compares (core/reproduce_report.py states the same list for RESULTS.md; the library
+# may not import the experiments): (claim, a, b, label), a and b as (variant, modality); a minus b.
+_CLAIM_COMPARISONS = (
+    ("1", ("basic", "both"), ("basic", "text"), "basic with the image vs without it"),
+    ("1", ("basic", "both"), ("basic", "image"), "basic with the text vs without it"),
+    *(("2", (v, "both"), ("basic", "both"), f"{v} vs basic") for v in ("micl", "late", "basic+late", "micl+late")),
+    *(("3", ("micl+late", "both"), (v, "both"), f"micl+late vs {v}") for v in ("text", "micl", "late", "basic+late")),
+    ("4", ("micl+late", "both"), ("zs-concat", "both"), "micl+late vs zs-concat"),
+    ("4", ("micl+late", "both"), ("text+zs-image", "both"), "micl+late vs text+zs-image (tuned)"),
+)
+_CLAIM_SPLITS = ("all", "short_query", "long_query", "short_target", "long_target")
+_SALIENCY_PAIRS = (("micl", "basic"), ("micl+late", "basic"))
+_SALIENCY_MEASURES = ("S_v/S_t", "S_visual/S_t")
+_CLAIM_STATEMENTS = {
+    "1": "basic neglects the image: removing the image from basic's notes costs it nothing, removing the text does",
+    "2": "mICL and late fusion each improve on basic",
+    "3": "together (micl+late, NoteLLM-2) they are best: micl+late beats every other trained variant",
+}
+_TRAINED_OTHERS = ("text", "basic", "micl", "late", "basic+late")
+
+
+def _shown_path(path: Path) -> str:
+    from core.workspace import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reproduction_folder(root: Path, dataset: str) -> tuple[Path, bool] | None:
+    """(folder, superseded) of the reproduction whose plan trained on `dataset`; a current one before one
+    marked superseded in its RESULTS.md, one with per-query ranks before one without."""
+    found = []
+    for ablation in [root / "ablation.json", *sorted(root.glob("*/ablation.json")),
+                     *sorted(root.glob("*weak-text/ablation.json")), *sorted(root.glob("*/weak-text/ablation.json"))]:
+        plan = _read_json(ablation).get("plan") or {}
+        trained_on = (plan.get("dataset") or "") + ("-weak-text" if plan.get("weak_text") else "")
+        if not plan.get("dataset") or trained_on != dataset:
+            continue
+        folder = ablation.parent
+        report = folder / "RESULTS.md" if (folder / "RESULTS.md").is_file() else folder.parent / "RESULTS.md"
+        try:
+            superseded = "superseded" in report.read_text()[:600].lower()
+        except OSError:
+            superseded = False
+        found.append((superseded, not (folder / "per_query.json").is_file(), len(found), folder))
+    if not found:
+        return None
+    superseded, _, _, folder = min(found)
+    return folder, superseded
+
+
+def _seed_hits(per_query: dict, variant: str, modality: str, split: str, k: int = PAPER_K):
+    try:
+        by_seed = per_query["results"][variant][modality]
+        members = per_query["queries"][split]
+    except (KeyError, TypeError):
+        return None
+    out = []
+    for entry in by_seed.values():
+        ranks = entry.get("rank")
+        if ranks is None:
+            return None
+        out.append({q: float(ranks[q] is not None and ranks[q] < k) for q in members if q in ranks})
+    return out if out and out[0] else None
+
+
+def _judge_claims(per_query: dict, saliency_batches: dict) -> tuple[tuple[Claim, ...], int]:
+    """Claims 1-3 with their comparisons on all queries; p-values Holm-adjusted over every test the
+    reproduction makes (all comparisons on every split, and the saliency comparisons)."""
+    from core.stats import compare_paired, holm
+
+    tests = []  # (claim, a, b, label, split, PairedComparison)
+    for claim, a, b, label in _CLAIM_COMPARISONS:
+        for split in _CLAIM_SPLITS:
+            hits_a, hits_b = _seed_hits(per_query, *a, split), _seed_hits(per_query, *b, split)
+            if hits_a and hits_b:
+                tests.append((claim, a, b, label, split, compare_paired(hits_a, hits_b)))
+    for a, b in _SALIENCY_PAIRS:
+        side_a, side_b = (saliency_batches or {}).get(a), (saliency_batches or {}).get(b)
+        if not side_a or not side_b or side_a.get("pairs_digest") != side_b.get("pairs_digest"):
+            continue
+        for measure in _SALIENCY_MEASURES:
+            values_a, values_b = side_a.get(measure) or [], side_b.get(measure) or []
+            kept = [i for i in range(min(len(values_a), len(values_b)))
+                    if values_a[i] is not None and values_b[i] is not None]
+            if len(kept) >= 2:
+                tests.append(("1", (a, "both"), (b, "both"), f"{a} vs {b}", measure,
+                              compare_paired({f"b{i}": values_a[i] for i in kept}, {f"b{i}": values_b[i] for i in kept})))
+    adjusted = holm([test[-1].p_value for test in tests]) if tests else []
+    rows: dict = {}
+    for (claim, a, b, label, split, result), p_holm in zip(tests, adjusted):
+        if split != "all":
+            continue
+        verdict = "no difference shown" if p_holm >= 0.05 else "higher" if result.difference > 0 else "lower"
+        rows[(a, b)] = (claim, ClaimComparison(label=label, a=a, b=b, queries=result.queries,
+                                               difference=result.difference, ci_low=result.ci_low,
+                                               ci_high=result.ci_high, p_value=result.p_value, p_holm=p_holm,
+                                               verdict=verdict))
+
+    def row(a, b, ma="both", mb="both"):
+        found = rows.get(((a, ma), (b, mb)))
+        return found[1] if found else None
+
+    claims = []
+    image, text = row("basic", "basic", "both", "text"), row("basic", "basic", "both", "image")
+    if image and text:
+        outcome = ("does not hold" if image.verdict == "higher" else "holds" if text.verdict == "higher"
+                   else "undecided")
+        claims.append(Claim("1", _CLAIM_STATEMENTS["1"], outcome, (image, text)))
+    remedies = [row(v, "basic") for v in ("micl", "late", "basic+late", "micl+late")]
+    remedies = [r for r in remedies if r]
+    if remedies:
+        main = [r for r in remedies if r.a[0] in ("micl", "late")]
+        outcome = ("not measured" if not main else "does not hold" if any(r.verdict == "lower" for r in main)
+                   else "holds" if len(main) == 2 and all(r.verdict == "higher" for r in main) else "not shown")
+        claims.append(Claim("2", _CLAIM_STATEMENTS["2"], outcome, tuple(remedies)))
+    best = [r for r in (row("micl+late", v) for v in _TRAINED_OTHERS) if r]
+    if best:
+        outcome = ("holds" if all(r.verdict == "higher" for r in best) else
+                   "does not hold" if any(r.verdict == "lower" for r in best) else "not shown")
+        claims.append(Claim("3", _CLAIM_STATEMENTS["3"], outcome, tuple(best)))
+    return tuple(claims), len(tests)
