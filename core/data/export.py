@@ -29,7 +29,7 @@ import numpy as np
 from core.errors import WorkbenchError
 
 FORMATS = ("parquet", "csv", "both")
-# Exact neighbours cost N^2 dot products: 5k notes take a blink, 100k a minute on two cores; past this, none.
+# Exact neighbours cost N^2 dot products, so past this many notes an export leaves them out.
 MAX_NEIGHBOUR_NOTES = 100_000
 MODALITY_NAMES = ("both", "image", "text")
 
