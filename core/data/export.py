@@ -125,6 +125,9 @@ def export_dataset(workspace, dataset: str, out: str | os.PathLike, formats: str
 
     # ---- what the workspace computed: vectors (and neighbours, maps from them), evaluations
     vectors_found = _cached_vectors(ws, dataset, notes, left_out)
+    if not vectors_found and not any(reason.startswith("vectors of ") for reason in left_out):
+        left_out.append("vectors, neighbours and maps: no variant has cached vectors of this dataset "
+                        "(python -m core encode fills them)")
     ids = [n.note_id for n in notes]
     for number, (name, modality, matrix) in enumerate(vectors_found):
         report(number, len(vectors_found), "exporting vectors")
