@@ -193,10 +193,10 @@ class TrainerCallback:
       `metrics` is the eval row without its "event" key. Evaluation runs on the main process only, so this
       hook is called there only.
     - on_checkpoint(trainer, step): after a checkpoint of `step` is on disk, in every process
-    - on_end(trainer, summary): once, last, for every run that reached on_start; summary["status"] is "finished" or "cancelled" (the run returns
-      the summary), "failed" (a non-finite loss or a callback that raised; the run raises TrainingStopped
-      after this hook, run.json says failed and the last checkpoint is kept), or "error" (an unexpected
-      exception is on its way out; run.json is left as it was)
+    - on_end(trainer, summary): once, last, in every run that reached on_start; summary["status"] is
+      "finished" or "cancelled" (the run returns the summary), "failed" (a non-finite loss or a callback that
+      raised; the run raises TrainingStopped after this hook, run.json says failed and the last checkpoint is
+      kept), or "error" (an unexpected exception is on its way out; run.json is left as it was)
 
     Callbacks passed to the Trainer run in every process of a distributed run, after the built-in ones (which
     write only from the main process). A callback that asks to stop must ask in every process at the same
