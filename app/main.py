@@ -58,6 +58,29 @@ JS = """
     });
   };
   new MutationObserver(hook).observe(document.body, { childList: true, subtree: true });
+  // Search: clicking a result card (or Enter on it) searches from its note. The id goes into a hidden
+  // textbox with a click count, so clicking the same card again is still a change the server hears.
+  let searchClicks = 0;
+  const searchFrom = (card) => {
+    const box = document.querySelector('#search-click textarea, #search-click input');
+    const id = card.getAttribute('data-note-id');
+    if (!id || !box) return;
+    searchClicks += 1;
+    box.value = id + '\\n' + searchClicks;
+    box.dispatchEvent(new Event('input', { bubbles: true }));
+    const query = document.getElementById('search-query');
+    if (query) query.scrollIntoView({ block: 'nearest' });
+  };
+  const resultCard = (event) => event.target && event.target.closest
+    && event.target.closest('#search-results .wb-card.wb-clickable');
+  document.addEventListener('click', (event) => {
+    const card = resultCard(event);
+    if (card) searchFrom(card);
+  });
+  document.addEventListener('keydown', (event) => {
+    const card = (event.key === 'Enter' || event.key === ' ') && resultCard(event);
+    if (card) { event.preventDefault(); searchFrom(card); }
+  });
 }
 """
 

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
-from app.render import esc, md, warning_toast
+from app.render import esc, mark, md, warning_toast
 from app.tabs.common import _default_selection, note_choices
 from core.analysis.attention import image_attention
 from core.analysis.gate import gate_shares
@@ -168,7 +168,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
                 return fn(backend, *args, progress=progress) if fn is not heatmap else fn(backend, *args)
             except Exception as error:
                 warning_toast(message(error)[:200])
-                return (*([None] * (n_out - 1)), f"⚠️ {md(message(error))}")
+                return (*([None] * (n_out - 1)), f"{mark('error')} {md(message(error))}")
         return run
 
     sal_btn.click(guarded(saliency, 2), [dataset, sal_names, batches], [sal_plot, sal_text], api_name="saliency")

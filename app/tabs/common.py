@@ -1,13 +1,52 @@
 """Pieces several tabs share: the query picker, neighbour look-ups, variant dropdown refreshes."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import gradio as gr
 
 from app.backend import Backend, describe, message
 from app.render import md, note_choice
 from core.workbench import Hit
 
-MODALITIES = [("Image + text", "both"), ("Text only (zero image)", "text"), ("Image only (empty text)", "image")]
+MODALITIES = [("image + text", "both"), ("text only", "text"), ("image only", "image")]
+MODALITY_HELP = "text only: the image is zeroed; image only: the text is emptied (query and candidates alike)"
+
+
+def modality_label(modality) -> str:
+    """What a page calls a modality: "image + text", "text only", "image only"."""
+    return dict((value, label) for label, value in MODALITIES).get(modality, str(modality or ""))
+
+
+class Generations:
+    """The newest search of each browser session. Every trigger takes a number before its search is queued;
+    a search whose number is no longer its session's newest is dropped (before it starts, and again when it
+    ends), so the page never shows results of an older query under a newer one. A session without a number
+    (an API client calling the endpoint itself) is never dropped."""
+
+    def __init__(self, sessions: int = 4096):
+        self._latest: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._sessions = sessions
+
+    def begin(self, session) -> int:
+        with self._lock:
+            number = self._latest.pop(session, 0) + 1
+            self._latest[session] = number
+            while len(self._latest) > self._sessions:  # forget the least recently active sessions
+                self._latest.popitem(last=False)
+            return number
+
+    def superseded(self, session, number) -> bool:
+        with self._lock:
+            newest = self._latest.get(session)
+        return newest is not None and number is not None and int(number) < newest
+
+
+def session_of(request) -> str:
+    """The browser session a request came from ("" when unknown)."""
+    return (getattr(request, "session_hash", None) or "") if request is not None else ""
 
 
 def note_choices(backend: Backend, dataset, query: str = "", current=None) -> list[tuple[str, str]]:
@@ -33,15 +72,23 @@ def wire_note_search(backend: Backend, dataset, note) -> None:
     note.key_up(on_key, [dataset, note], note, api_name=False, show_progress="hidden", trigger_mode="always_last")
 
 
-def refresh_notes(backend: Backend, dataset, current, first_by_default: bool = True):
-    """The note dropdown for a dataset: the current note when it is still there, else the first (or none)."""
+def refresh_notes(backend: Backend, dataset, current, first_by_default: bool = True, chosen_by_data: bool = False):
+    """The note dropdown for a dataset: the current note when it is still there, else (`chosen_by_data`) the
+    query core picks from the data (the most related titled note with a real picture), else the first (or
+    none)."""
+    default = None
     try:
         choices = note_choices(backend, dataset, current=current)
+        if chosen_by_data and dataset and current not in [v for _, v in choices]:
+            default = backend.workbench.default_query(dataset)
+            if default:
+                choices = note_choices(backend, dataset, current=default)
     except Exception as error:
         message(error)  # logged; an empty picker, and the tab's own action says what is wrong
-        choices = []
+        choices, default = [], None
     ids = [v for _, v in choices]
-    value = current if current in ids else (ids[0] if ids and first_by_default else None)
+    value = (current if current in ids else default if default in ids else
+             (ids[0] if ids and first_by_default else None))
     return gr.update(choices=choices, value=value)
 
 

@@ -5,8 +5,9 @@ import gradio as gr
 import pandas as pd
 
 from app.backend import Backend, describe, message
-from app.render import badge, esc, md, note_card, notice, query_card, warning_toast
-from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
+from app.render import badge, esc, mark, md, note_card, notice, query_card, related_badge, warning_toast
+from app.tabs.common import (MODALITIES, MODALITY_HELP, modality_label, neighbours, refresh_notes, refresh_variants,
+                             wire_note_search)
 from core.analysis.compare import compare_neighbour_lists
 from core.workbench import MODALITIES as MODALITY_NAMES
 
@@ -54,11 +55,17 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     reference = names[0]
     ref_rank = {hit.note_id: hit.rank for hit in results.get(reference, [])}
     columns = []
+    rows = k + 2  # every column: its head, k cards, the "left" line; one grid row each, aligned across columns
+
+    def column(cells: list[str]) -> str:
+        cells = cells + ["<div></div>"] * (rows - len(cells))
+        return f'<div class="wb-col">{"".join(cells)}</div>'
+
     for name in names:
         head = (f'<div class="wb-colhead"><b>{esc(name)}</b>'
                 f'<div class="wb-small">{esc(describe(name, backend.variant_row(dataset, name)))}</div>')
         if name in errors:
-            columns.append(f'<div class="wb-col">{head}</div>{notice(errors[name], "error")}</div>')
+            columns.append(column([head + "</div>", notice(errors[name], "error")]))
             continue
         found = sum(1 for hit in results[name] if hit.note_id in related)
         head += (f'<div class="wb-small">related found: {found}/{len(related)}'
@@ -69,29 +76,32 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
             note, score, rank = hit.note, hit.score, hit.rank
             badges = []
             if note.note_id in related:
-                badges.append(badge("related ✓", "related"))
+                badges.append(related_badge())
             if name != reference:
                 if note.note_id not in ref_rank:
                     badges.append(badge("entered", "entered"))
                 elif ref_rank[note.note_id] != rank:
                     moved = ref_rank[note.note_id] - rank
-                    badges.append(badge(f"{'▲' if moved > 0 else '▼'}{abs(moved)}", "moved"))
+                    badges.append(badge(f"{'up' if moved > 0 else 'down'} {abs(moved)}", "moved"))
             cards.append(note_card(note, rank=rank, score=score, badges=badges, size=72,
                                    extra_class="compact" + (" is-related" if note.note_id in related else "")))
         left = per.get(name, {}).get("left") if name != reference else None
         if left is None and name != reference:
             left = [i for i in lists[reference] if i not in set(lists[name])]
-        left_html = ""
+        left_html = "<div></div>"
         if left:
             titles = {i: backend.workbench.note(dataset, i).title for i in left}
             left_html = ('<div class="wb-left"><span class="wb-badge left">left</span> '
                          + ", ".join(f"#{ref_rank.get(i, '?')} {esc(titles.get(i, i))}" for i in left) + "</div>")
-        columns.append(f'<div class="wb-col">{head}{"".join(cards)}{left_html}</div>')
-    side = f'<div class="wb-compare" style="--cols:{len(names)}">{"".join(columns)}</div>'
+        cards += ["<div></div>"] * (k - len(cards))
+        columns.append(column([head, *cards, left_html]))
+    side = (f'<div class="wb-compare aligned" style="--cols:{len(names)};--rows:{rows}">'
+            f'{"".join(columns)}</div>')
     frame = _pairwise_frame(metrics)
-    summary = (f"Top {k} for each variant, modality **{md(modality)}**. Badges are relative to the first column "
-               f"(**{md(reference)}**): *entered* = not in its top {k}; ▲/▼ = rank moved; the *left* line lists its "
-               f"neighbours that dropped out. {len(related)} known related note(s) for this query.")
+    summary = (f"Top {k} for each variant, modality **{md(modality_label(modality))}**. Badges are relative to "
+               f"the first column (**{md(reference)}**): *entered* = not in its top {k}; *up n* / *down n* = its "
+               f"rank moved by n; the *left* line lists its neighbours that dropped out. {len(related)} known "
+               "related note(s) for this query.")
     return query_card(query), side, frame, summary
 
 
@@ -147,8 +157,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
         wire_note_search(backend, dataset, note)
         names = gr.Dropdown(label="Variants (2-4; the first is the reference)", choices=[], allow_custom_value=True, multiselect=True,
                             max_choices=MAX_VARIANTS, scale=4, elem_id="compare-variants")
-        modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
-        k = gr.Slider(3, 30, value=10, step=1, label="k", scale=1)
+        modality = gr.Radio(MODALITIES, value="both", label="Modality", info=MODALITY_HELP, scale=3)
+        k = gr.Slider(minimum=2, maximum=30, value=10, step=1, label="Neighbours per variant (k, 2 to 30)",
+                      scale=2, min_width=220, elem_id="compare-k")
     run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
     with gr.Row():
         query_html = gr.HTML(elem_id="compare-query")
@@ -182,14 +193,17 @@ def build(backend: Backend, dataset: gr.Dropdown):
             return recall_table(backend, ds, v, s, progress)
         except Exception as error:
             warning_toast(message(error)[:200])
-            return pd.DataFrame(), f"⚠️ {md(message(error))}"
+            return pd.DataFrame(), f"{mark('error')} {md(message(error))}"
 
     eval_btn.click(on_eval, [dataset, eval_names, split], [table, eval_note], api_name="recall_table")
 
     def refresh(ds, current_note, current, current_eval):
         all_names = [v for _, v in backend.variant_choices(ds)]
         eval_update = refresh_variants(backend, ds, current_eval, multiselect=True, default_count=len(all_names))
-        return (refresh_notes(backend, ds, current_note),
+        return (refresh_notes(backend, ds, current_note, chosen_by_data=True),
                 refresh_variants(backend, ds, current, multiselect=True, default_count=2), eval_update)
 
-    return {"refresh": (refresh, [dataset, note, names, eval_names], [note, names, eval_names])}
+    # "controls" and "compare" let another tab open a query here (the Paper tab's per-query rows).
+    return {"refresh": (refresh, [dataset, note, names, eval_names], [note, names, eval_names]),
+            "controls": {"note": note, "names": names, "modality": modality, "k": k},
+            "compare": (on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary])}

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.backend import Backend, message
-from app.render import info_toast, md, warning_toast
+from app.render import info_toast, mark, md, warning_toast
 
 PAGE = 40
 ALL = "(all categories)"
@@ -70,7 +70,7 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
     if problem:
         warning_toast(problem)
         discard_uploads(notes_file, pairs_file, images_zip)
-        return f"❌ {md(problem)}", empty, datasets_table(backend), gr.update(), None
+        return f"{mark('error')} {md(problem)}", empty, datasets_table(backend), gr.update(), None
 
     def report_progress(done, total, msg):
         progress((done, max(total, 1)), desc=msg)
@@ -84,7 +84,7 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
         text = message(error)
         warning_toast(f"Nothing imported: {text.splitlines()[0][:200]}")
         table, more, full = problem_report(rows)
-        return (f"❌ **Nothing imported.** {md(text)}{more}\n\nThe workspace is unchanged.",
+        return (f"{mark('error')} **Nothing imported.** {md(text)}{more}\n\nThe workspace is unchanged.",
                 table, datasets_table(backend), gr.update(), full)
     finally:
         discard_uploads(notes_file, pairs_file, images_zip)  # read and copied: the temp copies can go now
@@ -96,7 +96,7 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
     info_toast(f"Imported '{name}'")
     names = backend.dataset_names()
     table, more, full = problem_report(rows)
-    return (f"✅ {md(summary)}{more}", table, datasets_table(backend), gr.update(choices=names, value=name), full)
+    return (f"{mark('ok')} {md(summary)}{more}", table, datasets_table(backend), gr.update(choices=names, value=name), full)
 
 
 def problem_report(rows: list[dict]) -> tuple[pd.DataFrame, str, str | None]:
@@ -142,10 +142,10 @@ def delete_selected(backend: Backend, dataset, confirm):
     except Exception as error:
         text = message(error)
         warning_toast(text.splitlines()[0][:200])
-        return f"❌ {md(text)}", datasets_table(backend), gr.update()
+        return f"{mark('error')} {md(text)}", datasets_table(backend), gr.update()
     info_toast(f"Deleted '{dataset}'")
     names = backend.dataset_names()
-    return (f"🗑️ Deleted **{md(dataset)}**, its images no other dataset uses, and its cached vectors. "
+    return (f"{mark('ok')} Deleted **{md(dataset)}**, its images no other dataset uses, and its cached vectors. "
             "Runs trained on it are kept.", datasets_table(backend),
             gr.update(choices=names, value=backend.default_dataset()))
 
@@ -271,7 +271,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
             items, cap = browse(backend, ds, ALL, "", 1)
             return overview, fig, cat, items, cap, 1, datasets_table(backend)
         except Exception as error:
-            return f"⚠️ {md(message(error))}", None, gr.update(), [], "", 1, gr.update()
+            return f"{mark('error')} {md(message(error))}", None, gr.update(), [], "", 1, gr.update()
 
     dataset.change(on_dataset, [dataset], [summary, cat_plot, category, gallery, caption, page, table],
                    api_name="dataset_overview")
@@ -280,7 +280,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         try:
             return browse(backend, ds, c, t, p)
         except Exception as error:
-            return [], f"⚠️ {md(message(error))}"
+            return [], f"{mark('error')} {md(message(error))}"
 
     for trigger in (category.change, text.submit, page.submit):
         trigger(on_browse, [dataset, category, text, page], [gallery, caption], api_name=False)

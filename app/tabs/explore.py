@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
-from app.render import badge, esc, grid, md, note_card, notice, warning_toast
+from app.render import esc, grid, mark, md, note_card, notice, related_badge, warning_toast
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.projection import aligned_projections, project
 
@@ -167,7 +167,7 @@ def select(backend: Backend, state: dict | None, colour_by, note_id, k=8):
             continue
         neighbour_ids[name] = [hit.note_id for hit in rows]
         cards = [note_card(hit.note, rank=hit.rank, score=hit.score, size=72, extra_class="compact",
-                           badges=[badge("related ✓", "related")] if hit.note_id in related else [])
+                           badges=[related_badge()] if hit.note_id in related else [])
                  for hit in rows]
         blocks.append(f'<div class="wb-col"><div class="wb-colhead"><b>{esc(name)}</b></div>{grid(cards, "wb-grid small")}</div>')
     head = (f'<div class="wb-small">Neighbours of <b>{esc(query.title)}</b> ({esc(query.category)}); '
@@ -199,7 +199,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
             raise
         except Exception as error:
             warning_toast(message(error)[:200])
-            return None, None, f"⚠️ {md(message(error))}"
+            return None, None, f"{mark('error')} {md(message(error))}"
         return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {md(m)}. *Target hit* = a known related note "
                                          f"is among the note's {HIT_K} nearest; the rate over titles is ± a 95% "
                                          "interval. Click a point (or pick it below) for its neighbours.")

@@ -59,10 +59,13 @@ def page(app):
 # `app.backend.message` and the tabs' status lines start with.
 ERROR_SELECTORS = ".wb-notice.error, .toast-body.error"
 ERROR_MARKS = ("⚠️", "❌", "Something went wrong", "Traceback")
+MARKED = ".wb-mark.error"  # the CSS error mark (app.render.mark) before a status line: the line is an error
 
 
 def errors_shown(page) -> list[str]:
     shown = [text for text in page.locator(ERROR_SELECTORS).all_inner_texts() if text.strip()]
+    shown += page.locator(MARKED).evaluate_all("marks => marks.filter((m) => m.offsetParent !== null)"
+                                               ".map((m) => (m.parentElement.innerText || 'error mark').trim())")
     body = page.locator("body").inner_text()
     return shown + [line for line in body.splitlines() if any(mark in line for mark in ERROR_MARKS)]
 
@@ -106,8 +109,8 @@ def test_search_and_switch_variant(page, app):
     page.wait_for_function("document.querySelector('#search-summary').innerText.includes('tiny-basic')")
     assert page.locator("#search-results .wb-card").count() == 12
     assert page.locator("#search-summary").inner_text() != first
-    page.get_by_text("Text only (zero image)").click()
-    page.wait_for_function("document.querySelector('#search-summary').innerText.includes('Text only')")
+    page.locator("#search-modality").get_by_text("text only", exact=True).click()
+    page.wait_for_function("document.querySelector('#search-summary').innerText.includes('modality text only')")
     shot(page, "02-search-variant-switched")
 
 
