@@ -5,7 +5,7 @@ import gradio as gr
 
 from app.backend import SHIPPED_CHECKPOINTS, Backend
 from app.render import md
-from app.tabs import attention, compare, data, explore, finetune, search
+from app.tabs import attention, compare, data, explore, finetune, runs, search
 from core.workspace import REPO_ROOT
 
 CSS_PATH = REPO_ROOT / "assets" / "workbench.css"
@@ -114,6 +114,10 @@ def build_app(backend: Backend) -> gr.Blocks:
             dataset = gr.Dropdown(label="Dataset", choices=[], allow_custom_value=True, scale=0, min_width=220, elem_id="dataset")
         status = gr.Markdown(elem_id="wb-banner", elem_classes=["wb-banner"])
         startup_timer = gr.Timer(1.0, active=True)
+        # Set to a new value when the set of runs changed (a job ended; a run renamed or deleted in Runs):
+        # the banner and every tab's variant lists refresh then, not only on a reload. Hidden but in the page
+        # (visible="hidden"): a component that is not rendered never reports a change.
+        runs_changed = gr.Textbox(visible="hidden", elem_id="wb-runs-changed")
         tabs = {}
         with gr.Tabs(elem_id="wb-tabs") as tab_set:
             with gr.Tab("Search", id="search", elem_id="tab-search") as t:
@@ -125,7 +129,9 @@ def build_app(backend: Backend) -> gr.Blocks:
             with gr.Tab("Attention", id="attention", elem_id="tab-attention") as t:
                 tabs["attention"] = (t, attention.build(backend, dataset))
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune") as t:
-                tabs["finetune"] = (t, finetune.build(backend, dataset))
+                tabs["finetune"] = (t, finetune.build(backend, dataset, runs_changed))
+            with gr.Tab("Runs", id="runs", elem_id="tab-runs") as t:
+                tabs["runs"] = (t, runs.build(backend, dataset, runs_changed))
             with gr.Tab("Data", id="data", elem_id="tab-data") as t:
                 tabs["data"] = (t, data.build(backend, dataset))
 
@@ -137,6 +143,12 @@ def build_app(backend: Backend) -> gr.Blocks:
                 tab.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
                 dataset.change(fn, inputs, outputs, api_name=False, show_progress="hidden")
         dataset.change(lambda ds: banner(backend, ds), dataset, status, api_name=False, show_progress="hidden")
+        changed = runs_changed.change(lambda ds: banner(backend, ds), dataset, status, api_name=False,
+                                      show_progress="hidden")
+        for name, (tab, handles) in tabs.items():
+            if "refresh" in handles:
+                fn, inputs, outputs = handles["refresh"]
+                changed = changed.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
 
         def on_load(current):
             names = backend.dataset_names()

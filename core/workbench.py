@@ -63,7 +63,7 @@ VARIANT_DESCRIPTIONS = {
 # and, with late fusion, a gate. The others are frozen embedders without an LLM read-out to analyse.
 ZERO_SHOT_ARCHITECTURES = {"zs-mlrm": "micl+late"}
 
-__all__ = ["Workbench", "Variant", "RunRecord", "RunSummary", "Job", "JobState", "Hit", "Evaluation", "ACTIVE_JOB_STATES",
+__all__ = ["Workbench", "Variant", "RunRecord", "RunSummary", "TrainingRequest", "Job", "JobState", "Hit", "Evaluation", "ACTIVE_JOB_STATES",
            "MODALITIES", "ZERO_SHOT", "ZERO_SHOT_ARCHITECTURES", "TRAINABLE_VARIANTS", "VARIANT_DESCRIPTIONS"]
 
 
@@ -153,6 +153,18 @@ class Job:
                    total=int(row.get("total") or 0), message=row.get("message") or "",
                    created_at=row.get("created_at") or "", updated_at=row.get("updated_at") or "",
                    log_path=row.get("log_path") or "", log_tail=row.get("log_tail") or "")
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A run's training request: dataset, variant, preset, steps, and the options it set beyond its preset
+    (`overrides`: batch_pairs, lr_llm, lr_new, llm, vision, llm_tuning)."""
+    run: str
+    dataset: str
+    variant: str
+    preset: str
+    steps: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -815,6 +827,29 @@ class Workbench:
 
     def run_events(self, run: str) -> list[dict]:
         return self.runs.events(run)
+
+    def training_request(self, run: str) -> TrainingRequest:
+        """What a run was asked to train with, as a training form has it: the options it set that differ
+        from its preset's values (a form that shows them blank for "the preset's" can restore them)."""
+        from core.train.trainer import preset_configs
+
+        record = self.runs.get(run)
+        train, model = dict(record.info.get("train") or {}), dict(record.info.get("model") or {})
+        changed = {}
+        try:
+            train_defaults, model_defaults = preset_configs(record.preset, record.variant)
+        except WorkbenchError:  # a preset or variant this version no longer knows: no options to restore
+            train_defaults, model_defaults = train, model
+        else:
+            model_defaults = model_defaults.to_dict()
+        for key in ("batch_pairs", "lr_llm", "lr_new"):
+            if key in train and train[key] != train_defaults.get(key):
+                changed[key] = train[key]
+        for key in ("llm", "vision", "llm_tuning"):
+            if key in model and model[key] != model_defaults.get(key):
+                changed[key] = model[key]
+        return TrainingRequest(run=record.run, dataset=record.dataset, variant=record.variant, preset=record.preset,
+                               steps=record.total_steps, overrides=MappingProxyType(changed))
 
     # ------------------------------------------------------------------------------------ managing runs
     def run_summaries(self) -> list[RunSummary]:

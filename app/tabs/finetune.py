@@ -1,7 +1,10 @@
 """Fine-tune tab: start / stop / resume a training job in core's background workers and watch it live.
 
 Training never runs in the UI process: core.service starts a job and the page polls `job_status` with a
-gr.Timer. A page reload re-attaches to the newest running job through `list_jobs`."""
+gr.Timer. A page reload re-attaches to the newest running job through `list_jobs` and puts that job's
+settings back in the form. The dataset a new run trains on is the one in the header's menu; the form says
+which, and the progress box says which dataset the job shown trains on. When a job ends, the tab bumps the
+page's "runs changed" signal, so the banner and every variant list are refreshed (app/main.py)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.backend import Backend, VARIANT_DESCRIPTIONS, message
-from app.render import error_toast, esc, info_toast, warning_toast
+from app.render import error_toast, esc, info_toast, mark, md, warning_toast
 from core.workbench import Job, JobState
 
 PRESETS = {
@@ -53,8 +56,33 @@ def start(backend: Backend, dataset, image_mode, late, preset, steps, run, batch
     run = (run or "").strip() or default_run_name(variant, dataset)
     job_id = backend.workbench.start_training(dataset, variant, run, preset=preset, steps=int(steps),
                                               **overrides_from(batch, lr_llm, lr_new, llm, vision, lora))
-    info_toast(f"Started run '{run}' ({variant}, {preset}, {int(steps)} steps)")
+    info_toast(f"Started run '{run}' on dataset '{dataset}' ({variant}, {preset}, {int(steps)} steps)")
     return job_id, run
+
+
+def dataset_note(dataset, job: Job | None = None) -> str:
+    """Markdown: which dataset a new run trains on, and the one the job shown trains on when that differs."""
+    if not dataset:
+        text = f"{mark('info')} No dataset chosen: import one in **Data**, then choose it in the menu at the top."
+    else:
+        text = f"New runs train on dataset **{md(dataset)}** (the menu at the top)."
+    if job is not None and job.dataset and job.dataset != dataset:
+        verb = "trains" if job.active else "trained"
+        text += f" The job shown, run **{md(job.run)}**, {verb} on **{md(job.dataset)}**."
+    return text
+
+
+def form_of(request) -> tuple:
+    """The form's values (image mode, late fusion, preset, steps, run, batch, lr_llm, lr_new, llm, vision,
+    LLM tuning) for a `TrainingRequest`: what the re-attached job was started with."""
+    variant = request.variant
+    late = variant.endswith("late")
+    base = variant[:-len("+late")] if variant.endswith("+late") else ("text" if variant == "late" else variant)
+    mode = {"text": "none", "basic": "basic", "micl": "mICL"}.get(base, "mICL")
+    o = request.overrides
+    return (mode, late, request.preset if request.preset in PRESETS else gr.update(), request.steps or gr.update(),
+            request.run, o.get("batch_pairs"), o.get("lr_llm"), o.get("lr_new"), o.get("llm") or "",
+            o.get("vision") or "", o.get("llm_tuning") or "preset")
 
 
 def progress_html(job: Job | None) -> str:
@@ -64,7 +92,9 @@ def progress_html(job: Job | None) -> str:
     state = job.state.value
     return (f'<div class="wb-job {esc(state)}"><div class="wb-job-head"><b>{esc(job.run)}</b>'
             f'<span class="wb-badge state-{esc(state)}">{esc(state)}</span>'
-            f'<span>step {job.step} / {job.total or "?"}</span><span class="wb-small">{esc(job.message)}</span>'
+            f'<span>step {job.step} / {job.total or "?"}</span>'
+            f'<span class="wb-small ft-job-dataset">dataset {esc(job.dataset or "?")}</span>'
+            f'<span class="wb-small">{esc(job.message)}</span>'
             f'</div><div class="wb-bar"><div style="width:{100 * share:.1f}%"></div></div></div>')
 
 
@@ -119,28 +149,38 @@ def image_path_warning(events: list[dict]) -> str:
     return f'<div class="wb-warning" id="ft-image-path-warning">{esc(last["warning"])}</div>'
 
 
-def poll(backend: Backend, job_id, last_state):
-    """(progress html, figure, log, job state, timer update, buttons)."""
+def poll(backend: Backend, job_id, last_state, dataset=None):
+    """(progress html, figure, log, job state, timer update, start/stop/resume buttons, dataset note, runs
+    changed signal). The signal gets a new value when the job has just ended: the page refreshes its
+    banner and variant lists then."""
     if not job_id:
         return (progress_html(None), gr.update(), "", last_state, gr.Timer(active=False),
-                gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=False))
+                gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=False),
+                dataset_note(dataset), gr.update())
     job = backend.workbench.job(job_id)
     # A job that failed before its worker created the run folder has no events yet.
     events = backend.workbench.run_events(job.run) if backend.workbench.runs.folder(job.run).exists() else []
     active = job.active
+    changed = gr.update()
     if last_state and JobState(last_state).active and not active:
+        changed = f"{job.job_id}:{job.state.value}:{time.time():.3f}"
         if job.state is JobState.FINISHED:
-            info_toast(f"Run '{job.run}' finished: it is now a variant in every tab.")
+            info_toast(f"Run '{job.run}' finished on dataset '{job.dataset}': it is now a variant in every tab "
+                       "showing that dataset.")
         else:
             warning_toast(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
     resumable = job.state in (JobState.CANCELLED, JobState.FAILED)
     return (progress_html(job) + image_path_warning(events), curves(events), job.log_tail, job.state.value,
             gr.Timer(active=active),
-            gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable))
+            gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable),
+            dataset_note(dataset, job), changed)
 
 
-def build(backend: Backend, dataset: gr.Dropdown):
-    job_id = gr.Textbox(visible=False)
+def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | None = None):
+    """`runs_changed`: the page's signal that the set of runs changed (app/main.py refreshes on it)."""
+    if runs_changed is None:
+        runs_changed = gr.Textbox(visible="hidden")
+    job_id = gr.Textbox(visible="hidden")  # in the page, so that setting it (re-attaching) fires its change
     job_state = gr.State(None)
     run_of_job = gr.State(None)
     with gr.Row():
@@ -149,6 +189,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
                 image_mode = gr.Radio(["none", "basic", "mICL"], value="mICL", label="Image in the prompt",
                                       elem_id="ft-image-mode")
                 late = gr.Checkbox(value=True, label="Late fusion", elem_id="ft-late")
+            dataset_md = gr.Markdown(dataset_note(None), elem_id="ft-dataset")
             variant_md = gr.Markdown(elem_classes=["wb-small"])
             preset = gr.Radio(list(PRESETS), value="cpu", label="Preset", elem_id="ft-preset")
             preset_md = gr.Markdown(PRESETS["cpu"], elem_classes=["wb-small"])
@@ -180,14 +221,15 @@ def build(backend: Backend, dataset: gr.Dropdown):
     for control in (image_mode, late):
         control.change(describe_variant, [image_mode, late], variant_md, api_name=False)
     preset.change(lambda p: PRESETS[p], preset, preset_md, api_name=False)
-    outputs = [progress, plot, log, job_state, timer, start_btn, stop_btn, resume_btn]
+    outputs = [progress, plot, log, job_state, timer, start_btn, stop_btn, resume_btn, dataset_md, runs_changed]
 
-    def on_poll(j, s):
+    def on_poll(j, s, ds):
         try:
-            return poll(backend, j, s)
+            return poll(backend, j, s, ds)
         except Exception as error:
             return (f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update(), "", s,
-                    gr.Timer(active=False), gr.update(interactive=True), gr.update(), gr.update())
+                    gr.Timer(active=False), gr.update(interactive=True), gr.update(), gr.update(), gr.update(),
+                    gr.update())
 
     def on_start(ds, mode, lt, p, st, r, b, l1, l2, m1, m2, lo):
         try:
@@ -227,12 +269,37 @@ def build(backend: Backend, dataset: gr.Dropdown):
         return new, gr.Timer(active=True)
 
     resume_btn.click(on_resume, [job_id], [job_id, timer], api_name="resume_training")
-    timer.tick(on_poll, [job_id, job_state], outputs, show_progress="hidden", api_name=False)
-    job_id.change(on_poll, [job_id, job_state], outputs, show_progress="hidden", api_name="job_view")
 
-    def attach():
+    def on_view(j, s):  # the job_view endpoint keeps its two inputs; the dataset note is left as it is
+        out = on_poll(j, s, None)
+        return (*out[:8], gr.update(), out[9])
+
+    timer.tick(on_poll, [job_id, job_state, dataset], outputs, show_progress="hidden", api_name=False)
+    job_id.change(on_view, [job_id, job_state], outputs, show_progress="hidden", api_name="job_view")
+    form = [image_mode, late, preset, steps, run, batch, lr_llm, lr_new, llm, vision, lora]
+
+    def attach(ds):
+        """The newest training job (a running one first); a running job's settings go back in the form."""
         job = backend.workbench.latest_job("train")
-        return job.job_id if job is not None else ""
+        if job is None:
+            return ("", gr.update(), *[gr.update()] * len(form), dataset_note(ds))
+        values = [gr.update()] * len(form)
+        if job.active:
+            try:
+                values = list(form_of(backend.workbench.training_request(job.run)))
+            except Exception as error:  # no run.json yet (the worker is starting): the job's own fields
+                message(error)  # logged
+                values[3], values[4] = (job.total or gr.update()), job.run
+        return (job.job_id, job.run, *values, dataset_note(ds, job))
 
-    return {"load": (attach, None, [job_id]),
-            "init": (describe_variant, [image_mode, late], [variant_md])}
+    def on_dataset(ds, j):
+        try:
+            job = backend.workbench.job(j) if j else None
+        except Exception as error:
+            message(error)
+            job = None
+        return dataset_note(ds, job)
+
+    return {"load": (attach, [dataset], [job_id, run_of_job, *form, dataset_md]),
+            "init": (describe_variant, [image_mode, late], [variant_md]),
+            "refresh": (on_dataset, [dataset, job_id], [dataset_md])}
