@@ -44,8 +44,8 @@ WEAK_TEXT_SUFFIX = "-weak-text"
 WEAK_TEXT_VARIANTS = ("text", "basic", "micl+late")
 HEADROOM = "text+zs-image"  # the trained text model's vectors fused with the frozen image tower's, tuned
 IMAGE_PATH_VARIANTS = ("basic", "micl", "basic+late", "micl+late")  # the image is in the prompt
-IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "zs_image_r10", "connector_variation", "visual_loss",
-                   "chance_loss")
+IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "nv_state_r10", "zs_image_r10", "connector_variation",
+                   "visual_loss", "chance_loss")
 
 
 def default_workspace(dataset: str) -> Path:

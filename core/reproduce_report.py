@@ -23,8 +23,8 @@ SPLIT_NAMES = {"all": "all", "short_query": "short query", "long_query": "long q
                "short_target": "short target", "long_target": "long target"}
 TRAINED = ("text", "basic", "micl", "late", "basic+late", "micl+late")
 HEADROOM = "text+zs-image"
-IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "zs_image_r10", "connector_variation", "visual_loss",
-                   "chance_loss")
+IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "nv_state_r10", "zs_image_r10", "connector_variation",
+                   "visual_loss", "chance_loss")
 
 # (claim, a, b, what a - b measures); a and b are (variant, modality).
 COMPARISONS = (

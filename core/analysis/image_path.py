@@ -12,6 +12,8 @@ All figures are measured on the same held-out queries and pool, so they can be r
     connector_probe_r10   the connector's outputs, mean-pooled over its tokens and mean-centred over the
                           notes: what of the picture enters the LLM
     nv_r10                (mICL) the n_v embedding of image-only prompts: what the LLM's image side keeps
+    nv_state_r10          (mICL) the same n_v before the 64-d head it shares with n_m: told apart from
+                          nv_r10, whether the picture is lost in the LLM or in the head's few dimensions
     image_only_r10        the retrieval vector of image-only prompts: what reaches the final vector
     connector_variation   RMS over notes of each output's distance to the mean output, over the RMS size
                           of the outputs (about 0.8 for a random connector; near 0 once collapsed)
@@ -56,7 +58,7 @@ def image_side_vectors(model, notes: Sequence[Note], features=None, batch_size: 
     """Vectors of every image-side instrument for `notes`, from image-only prompts (empty text).
 
     Keys: "zs_image" (frozen pooled feature), "connector_probe" (when the model has a connector),
-    "nv" (under mICL), "image_only" (the retrieval vector). `features(images) -> (VisionFeatures, has_image)`
+    "nv" and "nv_state" (under mICL: after and before the head), "image_only" (the retrieval vector). `features(images) -> (VisionFeatures, has_image)`
     is the disk-backed feature cache (core/features.py); None uses the model's own."""
     from core.features import model_features
 
@@ -68,6 +70,7 @@ def image_side_vectors(model, notes: Sequence[Note], features=None, batch_size: 
         out["connector_tokens"] = []
     if model.config.image_mode == "micl":
         out["nv"] = []
+        out["nv_state"] = []
     try:
         for start in range(0, len(notes), batch_size):
             chunk = list(notes[start:start + batch_size])
@@ -85,6 +88,7 @@ def image_side_vectors(model, notes: Sequence[Note], features=None, batch_size: 
             out["image_only"].append(output.embedding.float().cpu().numpy())
             if "nv" in out:
                 out["nv"].append(output.visual_embedding.float().cpu().numpy())
+                out["nv_state"].append(output.visual_state.float().cpu().numpy())
     finally:
         model.train(was_training)
     result = {key: np.concatenate(value) for key, value in out.items() if value and key != "connector_tokens"}
@@ -93,7 +97,7 @@ def image_side_vectors(model, notes: Sequence[Note], features=None, batch_size: 
         pooled = tokens.mean(1).numpy()
         result["connector_probe"] = pooled - pooled.mean(0, keepdims=True)
         result["connector_variation"] = np.array(connector_variation(tokens))
-    for key in ("zs_image", "connector_probe", "nv", "image_only"):
+    for key in ("zs_image", "connector_probe", "nv", "nv_state", "image_only"):
         if key in result:
             result[key] = _normalise(result[key])
     return result
@@ -104,8 +108,8 @@ def image_path_health(model, notes: Sequence[Note], test_pairs, features=None, b
     """Recall@10 of each image-side instrument on image-only queries, and the connector's variation.
 
     `notes` are the held-out notes (queries, targets and distractors); `test_pairs` the held-out pairs.
-    Returns {"zs_image_r10", "connector_probe_r10", "nv_r10", "image_only_r10", "connector_variation",
-    "queries", "pool", "chance_r10"}; keys that do not apply to the model's variant are left out."""
+    Returns {"zs_image_r10", "connector_probe_r10", "nv_r10", "nv_state_r10", "image_only_r10",
+    "connector_variation", "queries", "pool", "chance_r10"}; keys that do not apply to the model's variant are left out."""
     from core.evaluate import evaluate_vectors
 
     notes = list(notes)
@@ -114,7 +118,7 @@ def image_path_health(model, notes: Sequence[Note], test_pairs, features=None, b
     vectors = image_side_vectors(model, notes, features, batch_size)
     ids = [note.note_id for note in notes]
     result: dict = {}
-    for key in ("zs_image", "connector_probe", "nv", "image_only"):
+    for key in ("zs_image", "connector_probe", "nv", "nv_state", "image_only"):
         if key not in vectors:
             continue
         figures = evaluate_vectors((ids, vectors[key]), test_pairs, None, ids, seed=seed, **evaluate_options)

@@ -93,7 +93,8 @@ def test_image_path_health_reports_every_instrument_of_the_variant():
     pairs = [(str(i), str(i + 6)) for i in range(6)]  # same colour and shape: related
     micl = NoteEncoder(NoteEncoderConfig.tiny("micl"), device="cpu")
     health = image_path_health(micl, notes, pairs)
-    assert {"zs_image_r10", "connector_probe_r10", "nv_r10", "image_only_r10", "connector_variation"} <= set(health)
+    assert {"zs_image_r10", "connector_probe_r10", "nv_r10", "nv_state_r10", "image_only_r10",
+            "connector_variation"} <= set(health)
     # Identical pictures give identical frozen features: the tower finds every partner.
     assert health["zs_image_r10"] == 1.0
     late = NoteEncoder(NoteEncoderConfig.tiny("late"), device="cpu")
@@ -114,3 +115,21 @@ def test_the_probe_sees_a_collapsed_connector():
                 module.weight.zero_()
     collapsed = image_side_vectors(model, notes)
     assert float(collapsed["connector_variation"]) < 1e-3
+
+
+def test_nv_state_is_read_before_the_shared_head():
+    """A head squeezed to rank 1 leaves every n_v embedding on one line (nv_r10 falls), while the state
+    before the head, which tells where the picture is lost, does not move."""
+    notes = _notes()
+    pairs = [(str(i), str(i + 6)) for i in range(6)]
+    model = NoteEncoder(NoteEncoderConfig.tiny("micl"), device="cpu")
+    before = image_side_vectors(model, notes)
+    with torch.no_grad():
+        weight = model.head.weight
+        weight.copy_(weight[:1].expand_as(weight).clone())
+    after = image_side_vectors(model, notes)
+    np.testing.assert_allclose(after["nv_state"], before["nv_state"], atol=1e-6)
+    assert np.abs(after["nv"] @ after["nv"].T).min() > 0.999  # every embedding is +-the same unit vector
+    assert not np.allclose(np.abs(before["nv"] @ before["nv"].T), 1.0, atol=1e-3)
+    health = image_path_health(model, notes, pairs)
+    assert 0 <= health["nv_r10"] <= 1 and 0 <= health["nv_state_r10"] <= 1
