@@ -176,7 +176,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
             delete_btn = gr.Button("Delete run", variant="stop", scale=1, elem_id="runs-delete-btn")
         report = gr.Markdown(elem_id="runs-report")
 
-    def listing(current_selected, current_manage):
+    def listing(current_selected, current_manage, force: bool = False):
         """(summary, table, overlay choices, run choices, curves, diff) with the user's choices kept where they
         still exist. The curves are drawn here too: a dropdown set by the server need not fire its change."""
         summaries = backend.workbench.run_summaries()
@@ -188,8 +188,10 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
             kept = [s.run for s in summaries if s.status != "queued"][:2]
         # The selection is set only when it has to change (a run gone, nothing chosen): a refresh that
         # lands after the user changed it does not put the old one back.
-        chosen = gr.update(choices=choices, value=kept) if kept != current_selected else gr.update(choices=choices)
-        manage_now = gr.update(choices=choices, value=current_manage if current_manage in names else None)
+        changed = force or kept != current_selected
+        chosen = gr.update(choices=choices, value=kept) if changed else gr.update(choices=choices)
+        manage_now = gr.update(choices=choices) if current_manage in names and not force else \
+            gr.update(choices=choices, value=current_manage if current_manage in names else None)
         return (summary_line(summaries), runs_table(summaries), chosen, manage_now, overlay(backend, kept),
                 config_diff(backend, kept))
 
@@ -221,7 +223,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
             return (f"{mark('error')} {md(text)}", *[gr.update()] * 6, gr.update(), gr.update())
         info_toast(f"Renamed run '{run}' to '{record.run}'")
         selected_now = [record.run if n == run else n for n in (current_selected or [])]
-        listed_now = listing(selected_now, record.run)
+        listed_now = listing(selected_now, record.run, force=True)
         return (f"{mark('ok')} Renamed **{md(run)}** to **{md(record.run)}**; its cached vectors are rebuilt "
                 "under the new name when next needed.", *listed_now, "", _changed())
 
@@ -238,7 +240,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
             warning_toast(text.splitlines()[0][:200])
             return (f"{mark('error')} {md(text)}", *[gr.update()] * 6, gr.update(), gr.update())
         info_toast(f"Deleted run '{run}'")
-        listed_now = listing([n for n in (current_selected or []) if n != run], None)
+        listed_now = listing([n for n in (current_selected or []) if n != run], None, force=True)
         return (f"{mark('ok')} Deleted run **{md(run)}** with its vectors, evaluations and maps.", *listed_now, "",
                 _changed())
 
