@@ -50,7 +50,7 @@ def test_a_card_says_why_it_is_a_neighbour(page, app):
     text_score = first.locator(".wb-sim.text .wb-sim-value").inner_text()
     image_score = first.locator(".wb-sim.image .wb-sim-value").inner_text()
     assert re.fullmatch(r"-?[01]\.\d{3}", text_score) and re.fullmatch(r"-?[01]\.\d{3}", image_score)
-    assert "Why this neighbour" in first.inner_text()
+    assert "why this neighbour" in first.inner_text().lower()  # shown in capitals by the CSS
     # the scores are core's: the cosines of the variant's text-only and image-only vectors
     query_id = re.search(r"\[([^\]]+)\]$", note_value(page)).group(1)
     variant = page.locator("#search-variant input").first.input_value()
@@ -59,7 +59,7 @@ def test_a_card_says_why_it_is_a_neighbour(page, app):
     why = app.backend.workbench.explain(name, "sample", [hit_id], note_id=query_id)[0]
     assert text_score == f"{why.text_score:.3f}" and image_score == f"{why.image_score:.3f}"
     assert page.locator("#search-results .wb-card.wb-clickable").count() == 12
-    shot(page, "10-search-explained")
+    shot(page, "search-explain-1-cards")
 
 
 def test_clicking_a_card_searches_from_its_note(page, app):
@@ -78,7 +78,7 @@ def test_clicking_a_card_searches_from_its_note(page, app):
     page.wait_for_function("(id) => { const cards = document.querySelectorAll('#search-results .wb-card');"
                            " return cards.length === 12 && ![...cards].some((c) => c.dataset.noteId === id); }",
                            arg=target, timeout=SLOW)
-    shot(page, "11-search-from-a-card")
+    shot(page, "search-explain-2-from-a-card")
 
 
 def test_quick_changes_end_on_the_last_query(page, app):
@@ -134,7 +134,7 @@ def test_compare_rank_and_score_are_apart_and_rows_line_up(page, app):
     assert "Neighbours per variant" in slider
     summary = page.locator("#tab-compare").inner_text()
     assert "modality image + text" in summary and "modality both" not in summary
-    shot(page, "12-compare-rank-score")
+    shot(page, "search-explain-3-compare")
 
 
 def test_no_emoji_boxes_on_the_search_and_compare_pages(page, app):
