@@ -6,6 +6,7 @@ import gradio as gr
 from app.backend import SHIPPED_CHECKPOINTS, Backend
 from app.render import md
 from app.tabs import attention, compare, data, explore, finetune, runs, search
+from app.tabs import paper
 from core.workspace import REPO_ROOT
 
 CSS_PATH = REPO_ROOT / "assets" / "workbench.css"
@@ -124,6 +125,8 @@ def build_app(backend: Backend) -> gr.Blocks:
                 tabs["search"] = (t, search.build(backend, dataset))
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as t:
                 tabs["compare"] = (t, compare.build(backend, dataset))
+            with gr.Tab("Paper", id="paper", elem_id="tab-paper") as t:
+                tabs["paper"] = (t, paper.build(backend, dataset))
             with gr.Tab("Explore", id="explore", elem_id="tab-explore") as t:
                 tabs["explore"] = (t, explore.build(backend, dataset))
             with gr.Tab("Attention", id="attention", elem_id="tab-attention") as t:
@@ -134,6 +137,9 @@ def build_app(backend: Backend) -> gr.Blocks:
                 tabs["runs"] = (t, runs.build(backend, dataset, runs_changed))
             with gr.Tab("Data", id="data", elem_id="tab-data") as t:
                 tabs["data"] = (t, data.build(backend, dataset))
+
+        # The Paper tab opens a query in Compare and the aligned maps in Explore.
+        paper.link(backend, dataset, tab_set, tabs["paper"], tabs["compare"][1], tabs["explore"][1])
 
         # Every tab refreshes its note and variant lists when shown and when the dataset changes, so a run
         # that finished a minute ago is there without a reload.

@@ -221,4 +221,7 @@ def build(backend: Backend, dataset: gr.Dropdown):
         return (refresh_variants(backend, ds, current, multiselect=True, default_count=1),
                 refresh_notes(backend, ds, current_note, first_by_default=False))
 
-    return {"refresh": (refresh, [dataset, names, note], [names, note])}
+    # "controls" and "compute" let another tab open a map here (the Paper tab's aligned image-only maps).
+    return {"refresh": (refresh, [dataset, names, note], [names, note]),
+            "controls": {"names": names, "modality": modality, "colour_by": colour_by},
+            "compute": (on_run, [dataset, names, modality, colour_by], [state, plot, status])}
