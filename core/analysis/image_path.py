@@ -143,7 +143,12 @@ def health_verdict(health: dict, visual_loss: float | None = None, chance: float
     if probe is not None and tower and tower > 0 and probe < MIN_PROBE_SHARE * tower:
         problems.append(f"the connector keeps {probe:.1%} image-only Recall@10 where the frozen tower alone "
                         f"finds {tower:.1%}")
-    if visual_loss is not None and chance and visual_loss > MAX_VISUAL_LOSS_SHARE * chance:
+    # The visual loss is a noisy figure of a few training batches; held-out n_v retrieval measures the same
+    # thing directly. A loss near chance counts only when n_v retrieval does not contradict it (at step 50 of
+    # a healthy openclipart run the loss sat at 0.97x chance while n_v already found 0.67x the tower's).
+    nv = health.get("nv_r10")
+    nv_learns = nv is not None and tower and tower > 0 and nv >= MIN_PROBE_SHARE * tower
+    if visual_loss is not None and chance and visual_loss > MAX_VISUAL_LOSS_SHARE * chance and not nv_learns:
         problems.append(f"the image-side (n_v) loss {visual_loss:.3f} is at chance ({chance:.3f})")
     if not problems:
         return None

@@ -79,6 +79,11 @@ def test_chance_loss_and_verdict():
     lost = dict(healthy, connector_probe_r10=0.05)
     assert "frozen tower" in health_verdict(lost)
     assert "chance" in health_verdict(healthy, visual_loss=math.log(31), chance=math.log(31))
+    # A loss near chance with n_v retrieval near the tower's is a noisy batch figure, not a broken path...
+    learning = dict(healthy, nv_r10=0.17)
+    assert health_verdict(learning, visual_loss=0.98 * math.log(31), chance=math.log(31)) is None
+    # ...but with n_v retrieval lost as well it is one.
+    assert "chance" in health_verdict(dict(healthy, nv_r10=0.03), visual_loss=math.log(31), chance=math.log(31))
 
 
 def _notes(count: int = 12) -> list[Note]:
