@@ -271,8 +271,9 @@ class RunStore:
 
     def install_shipped(self, directory: str | Path | None = None) -> list[str]:
         """Copy every shipped checkpoint under `directory` into the workspace as a finished run; returns the
-        run names. Idempotent: a run whose weights already match is left alone; a run of the same name
-        trained locally (different weights) is never overwritten."""
+        run names. Idempotent: a run whose weights already match is left alone; one installed from an earlier
+        shipped version is replaced by the new one; a run of the same name trained locally is never
+        overwritten."""
         directory = Path(directory) if directory is not None else shipped_checkpoints_dir()
         installed = []
         for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
@@ -283,11 +284,18 @@ class RunStore:
             marker = target / SHIPPED_MARKER
             digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
             if target.exists():
-                if marker.exists() and json.loads(marker.read_text()).get("weights_sha256") == digest:
+                if not marker.exists():
+                    log.info("not installing shipped %s: a run of that name was trained here", run)
+                    continue
+                if json.loads(marker.read_text()).get("weights_sha256") == digest:
                     installed.append(run)
-                else:
-                    log.info("not installing shipped %s: a run of that name exists already", run)
-                continue
+                    continue
+                # Installed from an earlier shipped version, never trained here: the new weights replace it.
+                # Its cached vectors and evaluations are keyed by the encoder's fingerprint, so none is reused.
+                doomed = self.workspace.runs_dir / f".replacing-{run}-{os.getpid()}-{time.time_ns()}"
+                os.rename(target, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                log.info("replacing %s, installed from an earlier shipped checkpoint", run)
             staging = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".{run}-"))
             for name in SHIPPED_FILES:
                 if (folder / name).exists():

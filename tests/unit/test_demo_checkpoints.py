@@ -53,3 +53,21 @@ def test_install_never_overwrites_a_run_trained_locally(tmp_path):
 
 def test_missing_checkpoint_folder_installs_nothing(tmp_path):
     assert install_checkpoints(Workspace.open(tmp_path / "w"), tmp_path / "nothing-here") == []
+
+
+def test_a_newer_shipped_checkpoint_replaces_the_one_installed_from_an_older_ship(tmp_path):
+    """Rebuilt demo checkpoints reach workspaces that installed the previous ones (a stale install would keep
+    serving the old weights), while a run trained locally under the same name stays untouched (above)."""
+    source = Workspace.open(tmp_path / "a")
+    make_run(source, "demo-basic", "basic")
+    export_checkpoint(source, "demo-basic", tmp_path / "old" / "basic")
+    user = Workspace.open(tmp_path / "b")
+    assert install_checkpoints(user, tmp_path / "old") == ["demo-basic"]
+    newer = make_run(source, "demo-basic", "basic")  # retrained: other weights
+    export_checkpoint(source, "demo-basic", tmp_path / "new" / "basic")
+    assert install_checkpoints(user, tmp_path / "new") == ["demo-basic"]
+    assert ((user.run_dir("demo-basic") / "model.safetensors").read_bytes()
+            == (tmp_path / "new" / "basic" / "model.safetensors").read_bytes())
+    installed = NoteEncoder.from_pretrained(user.run_dir("demo-basic"), device="cpu")
+    np.testing.assert_allclose(installed.encode(sample_notes()), newer.encode(sample_notes()), atol=0.05)
+    assert not [p for p in user.runs_dir.iterdir() if p.name.startswith(".")]  # nothing half-removed left
