@@ -627,11 +627,12 @@ def _command(args) -> int:
 
 def register(subparsers) -> None:
     from core.cli import add_workspace_argument
+    from core.train.presets import PRESETS
 
     parser = subparsers.add_parser("reproduce", help="train and evaluate every variant; write RESULTS.md")
     parser.add_argument("--dataset", default="openclipart")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "reference"])
+    parser.add_argument("--preset", default="cpu", choices=PRESETS)
     parser.add_argument("--batch-pairs", type=int, default=16)
     parser.add_argument("--main-seeds", type=int, default=3, help="seeds for basic and micl+late")
     parser.add_argument("--variants", default="", help="comma-separated subset of variants")

@@ -15,13 +15,10 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, VARIANT_DESCRIPTIONS, message
 from app.render import error_toast, esc, info_toast, mark, md, warning_toast
+from core.train.presets import preset_descriptions
 from core.workbench import Job, JobState
 
-PRESETS = {
-    "tiny": "tiny random backbones built in code: seconds per run, for checks (results are meaningless)",
-    "cpu": "offline SmolLM2-135M + EfficientNet-Lite0, LoRA on the LLM: about 5 s per step on 2 CPU cores",
-    "reference": "the paper's recipe (full fine-tuning, lr 3e-6, bf16): for GPUs and large data",
-}
+PRESETS = preset_descriptions()  # name -> one line, from core's preset table
 POLL_S = 1.5
 
 

@@ -68,18 +68,10 @@ def test_the_cli_offers_the_tables_presets():
         assert preset.description in preset_option.help
 
 
-def test_the_apps_preset_list_names_the_tables_presets():
-    """The Fine-tune tab keeps its own list for now; read without importing the UI, it must not drift."""
-    import ast
+def test_the_apps_preset_list_is_the_tables():
+    """The Fine-tune tab's picker shows the table's presets with their descriptions, in its order."""
+    from app.tabs import finetune
+    from core.train.presets import preset_descriptions
 
-    from core.workspace import REPO_ROOT
-
-    tree = ast.parse((REPO_ROOT / "app" / "tabs" / "finetune.py").read_text())
-    listed = None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PRESETS" for t in node.targets):
-            if isinstance(node.value, ast.Dict):
-                listed = [key.value for key in node.value.keys]
-            else:
-                return  # the tab reads the table itself
-    assert listed == list(PRESETS)
+    assert list(finetune.PRESETS) == list(PRESETS)
+    assert finetune.PRESETS == preset_descriptions()
