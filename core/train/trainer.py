@@ -34,6 +34,7 @@ from core.models.note_encoder import VARIANTS, NoteEncoder, NoteEncoderConfig
 from core.runtime import configure_threads, resolve_device
 from core.runs import EVENTS_FILE, RUN_FILE, read_run_file, write_run_file
 from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from core.train.grad_cache import cached_contrastive_step
 from core.train.loss import ContrastiveLoss
 from core.train.presets import DEFAULT_PRESET, get_preset
 from core.workspace import Workspace
@@ -50,6 +51,9 @@ class TrainConfig:
     steps: int = 100
     batch_pairs: int = 16  # pairs per process; the global batch is batch_pairs x processes
     grad_accum: int = 1  # micro-batches per optimizer step (in-batch negatives stay per micro-batch)
+    # > 0: gradient caching (core/train/grad_cache.py) in chunks of this many pairs: a batch keeps all its
+    # in-batch negatives at one chunk's activation memory, for a second forward pass. 0: off.
+    grad_cache_chunk: int = 0
     lr_new: float = 1e-4  # connector, slot token, late fusion, head
     lr_llm: float = 2e-4  # LoRA adapters, or the whole LLM under full fine-tuning
     lr_temperature: float = 0.02  # the pilot saw t not move at 1e-3 in 100 steps
@@ -732,21 +736,41 @@ class Trainer:
             local = pairs[rank * config.batch_pairs:(rank + 1) * config.batch_pairs]
             sync = micro == config.grad_accum - 1
             context = accelerator.no_sync(wrapped) if not sync and world > 1 else _null()
+            step_gate = None
             with context:
-                output = self._forward(wrapped, session.features, local, session.notes_by_id)
-                real_tokens, positions = real_tokens + self._tokens[0], positions + self._tokens[1]
-                losses = loss_module(output.embedding, output.visual_embedding)
-                loss = losses["loss"]
-                if not torch.isfinite(loss.detach()).item():
-                    self._non_finite(step, loss.item(), accelerator)
-                # Every process computes the whole global loss through its own shard; DDP averages over the
-                # processes, so scale by their number to get the one-process gradient of the global batch.
-                accelerator.backward(loss * world / config.grad_accum)
+                if config.grad_cache_chunk:
+                    def encode(module, chunk):
+                        nonlocal real_tokens, positions  # both passes count; the padding share is unchanged
+                        chunk_output = self._forward(module, session.features, chunk, session.notes_by_id)
+                        real_tokens, positions = real_tokens + self._tokens[0], positions + self._tokens[1]
+                        return chunk_output
+
+                    cached = cached_contrastive_step(
+                        wrapped, loss_module, local, encode, config.grad_cache_chunk,
+                        loss_scale=world / config.grad_accum,
+                        no_sync=(lambda: accelerator.no_sync(wrapped)) if world > 1 else None)
+                    losses = cached.losses
+                    if not torch.isfinite(losses["loss"].detach()).item():
+                        self._non_finite(step, losses["loss"].item(), accelerator)
+                    step_gate = cached.gate
+                else:
+                    output = self._forward(wrapped, session.features, local, session.notes_by_id)
+                    real_tokens, positions = real_tokens + self._tokens[0], positions + self._tokens[1]
+                    losses = loss_module(output.embedding, output.visual_embedding)
+                    loss = losses["loss"]
+                    if not torch.isfinite(loss.detach()).item():
+                        self._non_finite(step, loss.item(), accelerator)
+                    # Every process computes the whole global loss through its own shard; DDP averages over
+                    # the processes, so scale by their number to get the one-process gradient of the global
+                    # batch.
+                    accelerator.backward(loss * world / config.grad_accum)
+                    if output.gate is not None:
+                        step_gate = output.gate.detach().float().mean().item()
             for key in totals:
                 if key in losses:
                     totals[key] += losses[key].item() / config.grad_accum
-            if output.gate is not None:
-                gate = output.gate.detach().float().mean().item()
+            if step_gate is not None:
+                gate = step_gate
         if loss_module.temperature.grad is not None and world > 1:
             loss_module.temperature.grad.div_(world)  # not under DDP: its gradient is already the global one
         grad_norm = None

@@ -220,3 +220,31 @@ def test_an_uncalibrated_model_is_refused_and_a_non_finite_loss_writes_no_gradie
     assert grads(model, loss_module) == {}
     with pytest.raises(ValueError):
         cached_contrastive_step(model, ContrastiveLoss(), pairs(2), encode, 0)
+
+
+def test_the_trainer_with_gradient_caching_trains_as_the_plain_step(tmp_path):
+    """Through the trainer's own step: a run with --grad-cache-chunk follows the plain run's losses step for
+    step (the cached step back-propagates, scales and steps like the plain one), for mICL + late fusion."""
+    from core.runs import read_events
+    from core.train.trainer import train
+    from tests.unit.engine_fixtures import import_learnable
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    import_learnable(root, "toy")
+    common = dict(preset="tiny", test_fraction=0.3, steps=4, eval_every=0, checkpoint_every=10, batch_pairs=6,
+                  seed=3)
+    train(root, "toy", "micl+late", "plain", **common)
+    train(root, "toy", "micl+late", "cached", grad_cache_chunk=4, **common)
+
+    def losses(run):
+        return [(row["loss"], row.get("visual_loss"), row.get("gate"))
+                for row in read_events(root / "runs" / run) if "loss" in row and "step" in row]
+
+    plain, cached = losses("plain"), losses("cached")
+    assert len(plain) == len(cached) == 4
+    for (loss_a, visual_a, gate_a), (loss_b, visual_b, gate_b) in zip(plain, cached):
+        assert loss_b == pytest.approx(loss_a, abs=2e-3)
+        assert visual_b == pytest.approx(visual_a, abs=2e-3)
+        assert gate_b == pytest.approx(gate_a, abs=2e-3)
+    assert plain[-1][0] != pytest.approx(plain[0][0], abs=1e-3)  # the runs learn: equal losses are not frozen ones
