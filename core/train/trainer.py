@@ -297,16 +297,17 @@ class RunFileCallback(TrainerCallback):
 
 
 class ProgressBarCallback(TrainerCallback):
-    """A tqdm bar on the terminal (loss and temperature beside it), and the image path's warning sentence."""
+    """Progress with loss and temperature (a bar on a terminal, a plain line every few seconds in a log
+    file: core.progress), and the image path's warning sentence."""
 
     def __init__(self):
         self.bar = None
 
     def on_start(self, trainer, start_step):
-        from tqdm import tqdm
+        from core.progress import progress_bar
 
-        self.bar = tqdm(total=trainer.config.steps, initial=start_step, desc=f"train {trainer.config.run}",
-                        unit="step")
+        self.bar = progress_bar(total=trainer.config.steps, initial=start_step, desc=f"train {trainer.config.run}",
+                                unit="step")
 
     def on_step(self, trainer, row):
         if self.bar is not None:
@@ -316,9 +317,9 @@ class ProgressBarCallback(TrainerCallback):
     def on_evaluate(self, trainer, metrics):
         # The warning of an evaluation with image-path figures is the verdict of Trainer._image_path_check.
         if metrics.get("image_path") and metrics.get("warning"):
-            from tqdm import tqdm
+            from core.progress import write_line
 
-            tqdm.write(f"step {metrics.get('step')}: {metrics['warning']}")
+            write_line(f"step {metrics.get('step')}: {metrics['warning']}")
 
     def on_end(self, trainer, summary):
         if self.bar is not None:

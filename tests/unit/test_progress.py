@@ -96,3 +96,29 @@ def test_unknown_total_prints_a_count(total):
     bar = PlainProgress(total=total, desc="rows", unit="row", file=stream, interval=0)
     bar.update(3)
     assert stream.getvalue().splitlines()[-1].startswith("rows: 3 rows")
+
+
+def test_a_training_run_logged_to_a_file_writes_lines_not_carriage_returns(tmp_path):
+    """`python -m core train` with stderr in a file (a job's log): progress lines end in newlines, carry the
+    loss, and there is no carriage return; a tqdm bar there would be one line of redraws."""
+    import os
+    import subprocess
+    import sys
+
+    from core.workspace import REPO_ROOT
+    from tests.unit.engine_fixtures import import_learnable
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    import_learnable(root, "toy")
+    log_path = tmp_path / "train.log"
+    env = {k: v for k, v in os.environ.items() if k != "NOTELLM2_PROGRESS"}
+    with open(log_path, "w") as log_file:
+        subprocess.run([sys.executable, "-m", "core", "train", "--workspace", str(root), "--dataset", "toy",
+                        "--variant", "text", "--preset", "tiny", "--steps", "3", "--run", "logged",
+                        "--test-fraction", "0.3"], cwd=REPO_ROOT, env={**env, "PYTHONPATH": str(REPO_ROOT)},
+                       stdout=subprocess.DEVNULL, stderr=log_file, check=True, timeout=300)
+    text = log_path.read_text()
+    assert "\r" not in text
+    progress = [line for line in text.splitlines() if line.startswith("train logged")]
+    assert progress and "3/3" in progress[-1] and "loss=" in progress[-1]
