@@ -118,7 +118,8 @@ def test_a_training_run_logged_to_a_file_writes_lines_not_carriage_returns(tmp_p
                         "--variant", "text", "--preset", "tiny", "--steps", "3", "--run", "logged",
                         "--test-fraction", "0.3"], cwd=REPO_ROOT, env={**env, "PYTHONPATH": str(REPO_ROOT)},
                        stdout=subprocess.DEVNULL, stderr=log_file, check=True, timeout=300)
-    text = log_path.read_text()
-    assert "\r" not in text
+    raw = log_path.read_bytes()  # read_text would turn carriage returns into newlines
+    assert b"\r" not in raw
+    text = raw.decode()
     progress = [line for line in text.splitlines() if line.startswith("train logged")]
     assert progress and "3/3" in progress[-1] and "loss=" in progress[-1]
