@@ -58,10 +58,10 @@ def test_the_runs_tab_lists_every_run(page, app):
 
 
 def test_a_run_trained_in_the_page_shows_up_without_a_reload(page, app):
-    assert "2 trained variant(s)" in page.locator("#wb-banner").inner_text()
+    page.wait_for_function(f"{text_of('#wb-banner')}.includes('2 trained variant(s)')")
     start_tiny(page, TRAINED, 4, "basic", late=False)
     assert "sample" in page.locator("#ft-dataset").inner_text()  # which dataset the form trains on
-    assert "dataset sample" in page.locator("#ft-progress").inner_text()
+    page.wait_for_function(f"{text_of('#ft-progress')}.includes('dataset sample')")
     page.wait_for_function(f"{text_of('#ft-progress')}.includes('finished')",
                            timeout=JOB_TIMEOUT)
     # the banner follows the job: no reload, no tab switch
@@ -74,15 +74,27 @@ def legend(page) -> list[str]:
     return page.locator("#runs-curves .legendtext").all_inner_texts()
 
 
+def keep_only(page, elem_id: str, keep: str) -> None:
+    """Remove every chosen token of a multiselect but `keep`'s, one at a time, looking the tokens up afresh
+    each time: a refresh that lands in between re-renders them, and a list taken once goes stale."""
+    for _ in range(20):
+        removed = page.evaluate(
+            "([id, keep]) => { for (const token of document.querySelectorAll(`#${id} .token`)) {"
+            " if (!token.textContent.includes(keep)) { const x = token.querySelector('.token-remove');"
+            " if (x) { x.click(); return true; } } } return false; }", [elem_id, keep])
+        if not removed:
+            return
+        page.wait_for_timeout(300)
+    raise AssertionError(f"#{elem_id} kept other choices than {keep!r}")
+
+
 def test_overlay_diff_and_delete_a_run(page, app):
     open_tab(page, "Runs")
     page.wait_for_function(f"{text_of('#runs-table')}.includes({json.dumps(TRAINED)})")
     page.wait_for_function("document.querySelectorAll('#runs-curves .legendtext').length >= 2")
     wanted = {TRAINED, "tiny-micl-late"}
     for attempt in range(3):  # a refresh queued before the change may still land: then choose again
-        for token in page.locator("#runs-select .token").all():
-            if "tiny-micl-late" not in token.inner_text():
-                token.locator(".token-remove").click()
+        keep_only(page, "runs-select", "tiny-micl-late")
         pick(page, "runs-select", TRAINED)
         page.mouse.click(5, 5)  # close the menu
         try:
@@ -128,7 +140,8 @@ def test_a_reload_restores_the_running_jobs_settings(page, app):
                                 "input:checked')).map((e) => e.closest('label').innerText.trim())")
         assert checked == ["none", "tiny"], checked
         assert page.locator("#ft-late input").is_checked()
-        assert re.search(r"running|queued", page.locator("#ft-progress").inner_text())
+        # the job panel re-attaches on its next poll after the form is back
+        page.wait_for_function(f"/running|queued/.test({text_of('#ft-progress')})", timeout=60_000)
         shot(page, "24-runs-finetune-reattached")
         page.locator("#ft-stop").click()
         page.wait_for_function(f"/cancel|stopp/i.test({text_of('#ft-progress')})")
