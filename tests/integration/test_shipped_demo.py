@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from core.demo import CHECKPOINTS_DIR, demo_run_name
-from core.models.note_encoder import VARIANTS
+from core.demo import CHECKPOINTS_DIR, DEMO_VARIANTS, demo_run_name
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +14,7 @@ def shipped():
 
 def test_every_variant_ships_small_trained_weights_only():
     folders = shipped()
-    assert sorted(folders) == sorted(VARIANTS)
+    assert sorted(folders) == sorted(DEMO_VARIANTS)
     for variant, folder in folders.items():
         info = json.loads((folder / "run.json").read_text())
         assert info["run"] == demo_run_name(variant) and info["variant"] == variant and info["status"] == "finished"
@@ -32,9 +31,9 @@ def test_app_start_up_installs_them_and_they_reproduce_their_recall(tmp_path, mo
     backend._startup()
     assert backend.startup.state == "ready", backend.startup.message
     names = {row["name"] for row in service.list_variants(tmp_path / "ws", "sample")}
-    assert {demo_run_name(v) for v in VARIANTS} <= names
+    assert {demo_run_name(v) for v in DEMO_VARIANTS} <= names
     folder = shipped()["micl+late"]
     expected = json.loads((folder / "eval.json").read_text())["both"]
     measured = service.evaluate_variant(tmp_path / "ws", demo_run_name("micl+late"), "sample")
-    assert measured["queries"] == expected["queries"] == 60
+    assert measured["queries"] == expected["queries"] > 0
     assert measured["recall@10"] == pytest.approx(expected["recall@10"])
