@@ -15,26 +15,16 @@ import os
 import shlex
 from pathlib import Path
 
+from core.claims import (ALPHA, COMPARISONS, HEADROOM, MAIN_K, SALIENCY_COMPARISONS,  # noqa: F401 (re-exported)
+                         SALIENCY_MEASURES, SPLITS, holm_verdicts, paired_comparisons, saliency_comparisons,
+                         seed_hits)
+
 MAIN_METRIC = "recall@10"
-MAIN_K = 10
-ALPHA = 0.05
-SPLITS = ("all", "short_query", "long_query", "short_target", "long_target")
 SPLIT_NAMES = {"all": "all", "short_query": "short query", "long_query": "long query",
                "short_target": "short target", "long_target": "long target"}
 TRAINED = ("text", "basic", "micl", "late", "basic+late", "micl+late")
-HEADROOM = "text+zs-image"
 IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "nv_state_r10", "zs_image_r10", "connector_variation",
                    "visual_loss", "chance_loss")
-
-# (claim, a, b, what a - b measures); a and b are (variant, modality).
-COMPARISONS = (
-    ("1", ("basic", "both"), ("basic", "text"), "`basic` with the image vs without it"),
-    ("1", ("basic", "both"), ("basic", "image"), "`basic` with the text vs without it"),
-    *(("2", (v, "both"), ("basic", "both"), f"`{v}` vs `basic`") for v in ("micl", "late", "basic+late", "micl+late")),
-    *(("3", ("micl+late", "both"), (v, "both"), f"`micl+late` vs `{v}`") for v in ("text", "micl", "late", "basic+late")),
-    ("4", ("micl+late", "both"), ("zs-concat", "both"), "`micl+late` vs `zs-concat`"),
-    ("4", ("micl+late", "both"), (HEADROOM, "both"), f"`micl+late` vs `{HEADROOM}` (tuned)"),
-)
 
 
 def _cell(ablation, variant, split="all", modality="both", metric=MAIN_METRIC):
@@ -54,81 +44,6 @@ def _fmt(mean, std=None):
 
 def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 0.001 else "<0.001"
-
-
-# ------------------------------------------------------------------------------------------ paired tests
-def seed_hits(per_query: dict, variant: str, modality: str, split: str = "all", k: int = MAIN_K,
-              metric: str = "rank") -> list[dict[str, float]] | None:
-    """One {query id: 0/1} per seed of a variant, restricted to a split's queries; None when not evaluated."""
-    try:
-        by_seed = per_query["results"][variant][modality]
-        members = per_query["queries"][split]
-    except KeyError:
-        return None
-    out = []
-    for entry in by_seed.values():
-        ranks = entry.get(metric)
-        if ranks is None:
-            return None
-        out.append({q: float(ranks[q] is not None and ranks[q] < k) for q in members if q in ranks})
-    return out or None
-
-
-def paired_comparisons(per_query: dict, comparisons=COMPARISONS, splits=SPLITS, k: int = MAIN_K,
-                       adjust: bool = True) -> list[dict]:
-    """Every comparison whose two sides were evaluated, on every split with queries: rows with the paired
-    difference of Recall@k (a - b), its 95% bootstrap interval, the raw and (with `adjust`) Holm-adjusted p
-    and a verdict."""
-    from core.stats import compare_paired
-
-    rows = []
-    for claim, a, b, label in comparisons:
-        for split in splits:
-            hits_a, hits_b = seed_hits(per_query, *a, split, k), seed_hits(per_query, *b, split, k)
-            if not hits_a or not hits_b or not hits_a[0]:
-                continue
-            result = compare_paired(hits_a, hits_b)
-            rows.append({"claim": claim, "a": a, "b": b, "label": label, "split": split, "measure": "Recall@10",
-                         **result.as_dict()})
-    return holm_verdicts(rows) if adjust else rows
-
-
-SALIENCY_COMPARISONS = (("micl", "basic"), ("micl+late", "basic"))
-SALIENCY_MEASURES = ("S_v/S_t", "S_visual/S_t")
-
-
-def saliency_comparisons(saliency_batches: dict | None) -> list[dict]:
-    """mICL variants vs `basic` on the layer-averaged S_v / S_t and S_visual / S_t, paired over batches of the
-    same test pairs (sign-flip permutation; batches where either side is unmeasured are left out). Variants
-    whose batches were made of different pairs are not compared."""
-    from core.stats import compare_paired
-
-    rows = []
-    for a, b in SALIENCY_COMPARISONS:
-        side_a, side_b = (saliency_batches or {}).get(a), (saliency_batches or {}).get(b)
-        if not side_a or not side_b or side_a.get("pairs_digest") != side_b.get("pairs_digest"):
-            continue
-        for measure in SALIENCY_MEASURES:
-            values_a, values_b = side_a.get(measure) or [], side_b.get(measure) or []
-            kept = [i for i in range(min(len(values_a), len(values_b)))
-                    if values_a[i] is not None and values_b[i] is not None]
-            if len(kept) < 2:
-                continue
-            result = compare_paired({f"b{i}": values_a[i] for i in kept}, {f"b{i}": values_b[i] for i in kept})
-            rows.append({"claim": "1", "a": (a, "both"), "b": (b, "both"), "label": f"`{a}` vs `{b}`",
-                         "split": "batches", "measure": measure, **result.as_dict()})
-    return rows
-
-
-def holm_verdicts(rows: list[dict]) -> list[dict]:
-    """Holm-adjusted p over all rows (one family) and each row's verdict."""
-    from core.stats import holm
-
-    for row, adjusted in zip(rows, holm([row["p_value"] for row in rows]) if rows else []):
-        row["p_holm"] = adjusted
-        row["verdict"] = ("no difference shown" if adjusted >= ALPHA
-                          else "higher" if row["difference"] > 0 else "lower")
-    return rows
 
 
 def _find(rows, a, b, split="all"):

@@ -931,19 +931,6 @@ class Workbench:
 
 
 # ------------------------------------------------------------------------------------ the reproduction's claims
-# What the reproduction compares (core/reproduce_report.py states the same list for RESULTS.md; the library
-# may not import the experiments): (claim, a, b, label), a and b as (variant, modality); a minus b.
-_CLAIM_COMPARISONS = (
-    ("1", ("basic", "both"), ("basic", "text"), "basic with the image vs without it"),
-    ("1", ("basic", "both"), ("basic", "image"), "basic with the text vs without it"),
-    *(("2", (v, "both"), ("basic", "both"), f"{v} vs basic") for v in ("micl", "late", "basic+late", "micl+late")),
-    *(("3", ("micl+late", "both"), (v, "both"), f"micl+late vs {v}") for v in ("text", "micl", "late", "basic+late")),
-    ("4", ("micl+late", "both"), ("zs-concat", "both"), "micl+late vs zs-concat"),
-    ("4", ("micl+late", "both"), ("text+zs-image", "both"), "micl+late vs text+zs-image (tuned)"),
-)
-_CLAIM_SPLITS = ("all", "short_query", "long_query", "short_target", "long_target")
-_SALIENCY_PAIRS = (("micl", "basic"), ("micl+late", "basic"))
-_SALIENCY_MEASURES = ("S_v/S_t", "S_visual/S_t")
 _CLAIM_STATEMENTS = {
     "1": "basic neglects the image: removing the image from basic's notes costs it nothing, removing the text does",
     "2": "mICL and late fusion each improve on basic",
@@ -992,53 +979,21 @@ def _reproduction_folder(root: Path, dataset: str) -> tuple[Path, bool] | None:
     return folder, superseded
 
 
-def _seed_hits(per_query: dict, variant: str, modality: str, split: str, k: int = PAPER_K):
-    try:
-        by_seed = per_query["results"][variant][modality]
-        members = per_query["queries"][split]
-    except (KeyError, TypeError):
-        return None
-    out = []
-    for entry in by_seed.values():
-        ranks = entry.get("rank")
-        if ranks is None:
-            return None
-        out.append({q: float(ranks[q] is not None and ranks[q] < k) for q in members if q in ranks})
-    return out if out and out[0] else None
-
-
 def _judge_claims(per_query: dict, saliency_batches: dict) -> tuple[tuple[Claim, ...], int]:
     """Claims 1-3 with their comparisons on all queries; p-values Holm-adjusted over every test the
     reproduction makes (all comparisons on every split, and the saliency comparisons)."""
-    from core.stats import compare_paired, holm
+    from core.claims import holm_verdicts, paired_comparisons, saliency_comparisons
 
-    tests = []  # (claim, a, b, label, split, PairedComparison)
-    for claim, a, b, label in _CLAIM_COMPARISONS:
-        for split in _CLAIM_SPLITS:
-            hits_a, hits_b = _seed_hits(per_query, *a, split), _seed_hits(per_query, *b, split)
-            if hits_a and hits_b:
-                tests.append((claim, a, b, label, split, compare_paired(hits_a, hits_b)))
-    for a, b in _SALIENCY_PAIRS:
-        side_a, side_b = (saliency_batches or {}).get(a), (saliency_batches or {}).get(b)
-        if not side_a or not side_b or side_a.get("pairs_digest") != side_b.get("pairs_digest"):
-            continue
-        for measure in _SALIENCY_MEASURES:
-            values_a, values_b = side_a.get(measure) or [], side_b.get(measure) or []
-            kept = [i for i in range(min(len(values_a), len(values_b)))
-                    if values_a[i] is not None and values_b[i] is not None]
-            if len(kept) >= 2:
-                tests.append(("1", (a, "both"), (b, "both"), f"{a} vs {b}", measure,
-                              compare_paired({f"b{i}": values_a[i] for i in kept}, {f"b{i}": values_b[i] for i in kept})))
-    adjusted = holm([test[-1].p_value for test in tests]) if tests else []
+    tests = holm_verdicts(paired_comparisons(per_query, k=PAPER_K, adjust=False)
+                          + saliency_comparisons(saliency_batches))
     rows: dict = {}
-    for (claim, a, b, label, split, result), p_holm in zip(tests, adjusted):
-        if split != "all":
+    for test in tests:
+        if test["split"] != "all":
             continue
-        verdict = "no difference shown" if p_holm >= 0.05 else "higher" if result.difference > 0 else "lower"
-        rows[(a, b)] = (claim, ClaimComparison(label=label, a=a, b=b, queries=result.queries,
-                                               difference=result.difference, ci_low=result.ci_low,
-                                               ci_high=result.ci_high, p_value=result.p_value, p_holm=p_holm,
-                                               verdict=verdict))
+        rows[(test["a"], test["b"])] = (test["claim"], ClaimComparison(
+            label=test["label"].replace("`", ""), a=test["a"], b=test["b"], queries=test["queries"],
+            difference=test["difference"], ci_low=test["ci_low"], ci_high=test["ci_high"],
+            p_value=test["p_value"], p_holm=test["p_holm"], verdict=test["verdict"]))
 
     def row(a, b, ma="both", mb="both"):
         found = rows.get(((a, ma), (b, mb)))
