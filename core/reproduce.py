@@ -21,7 +21,6 @@ saliency and image-path figures are reused, so an interrupted reproduction resum
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import statistics
@@ -240,29 +239,17 @@ def _saliency_reusable(rows) -> bool:
     return bool(rows) and "S_visual" in rows[0] and "batches_asked" in rows[0]
 
 
-def _image_path(workspace: Workspace, plan: ReproducePlan, variant: str, log) -> dict | None:
-    """Image-path health of one run, from core.analysis.image_path.image_path_health when the workbench has
-    it (None otherwise). It receives the model and the held-out notes, plus whichever of the split's test
-    pairs, the split, the workspace root, the dataset and a seed its signature names."""
-    try:
-        from core.analysis.image_path import image_path_health
-    except ImportError:
-        return None
+def _image_path(workspace: Workspace, plan: ReproducePlan, variant: str, log) -> dict:
+    """Image-path health of one run (core.analysis.image_path) on the held-out notes and pairs of its split."""
+    from core.analysis.image_path import image_path_health
     from core.data.store import Store
     from core.service import load_encoder, split_for
 
     run = plan.run_name(variant, _first_seed(plan, variant))
     split = split_for(workspace, run, plan.train_dataset)
     notes = Store(workspace).notes(plan.train_dataset, split.test_note_ids)
-    offered = {"test_pairs": split.test_pairs, "pairs": split.test_pairs, "split": split,
-               "workspace": workspace.root, "dataset": plan.train_dataset, "seed": 0}
-    accepted = inspect.signature(image_path_health).parameters
     log(f"image-path health of {run}")
-    figures = image_path_health(load_encoder(workspace, run), notes,
-                                **{key: value for key, value in offered.items() if key in accepted})
-    if figures is None:
-        return None
-    figures = dict(figures)
+    figures = dict(image_path_health(load_encoder(workspace, run), notes, split.test_pairs, seed=0))
     # The visual loss is a training figure: the run's last evaluation event carries it with its chance level.
     for key, value in _last_training_health(workspace.run_dir(run)).items():
         figures.setdefault(key, value)
@@ -466,7 +453,7 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     for variant in IMAGE_PATH_VARIANTS:
         if variant in plan.variants and not extras["image_path"].get(variant):
             figures = _image_path(workspace, plan, variant, log)
-            if figures is not None:
+            if figures:
                 extras["image_path"][variant] = figures
     if not extras["image_path"]:
         extras.pop("image_path")
