@@ -119,17 +119,36 @@ def main(argv=None) -> int:
     results["machine"]["cpu_pressure_avg10_at_end"] = cpu_pressure()
     results["total_seconds"] = time.perf_counter() - started
     if args.only and Path(args.out).exists():
-        # Some sections only: keep the other sections' last figures in the file.
         try:
             previous = json.loads(Path(args.out).read_text())
         except json.JSONDecodeError:
             previous = {}
-        previous_targets = previous.get("targets", {})
-        results = {**previous, **results, "targets": {**previous_targets, **results.get("targets", {})}}
+        results, dropped = merge_previous(previous, results)
+        if dropped:
+            print(f"[bench] {Path(args.out).name} came from another machine: its figures are dropped, not merged",
+                  file=sys.stderr)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print(table(results))
     print(f"\nwrote {args.out} in {results['total_seconds']:.0f} s")
     return 0
+
+
+MACHINE_IDENTITY = ("cpu", "cores", "amx_bf16", "avx512_bf16", "torch", "threads")
+
+
+def merge_previous(previous: dict, results: dict) -> tuple[dict, bool]:
+    """A run of some sections keeps the other sections' last figures, but only when they were measured on the
+    same machine: an MFU whose time comes from one CPU and whose peak from another means nothing (a file that
+    mixed an AMX machine's peak with a machine without AMX once reported a training MFU of 240%).
+    Returns (merged results, whether the previous figures were dropped)."""
+    if not previous:
+        return results, False
+    identity = lambda machine: tuple(machine.get(key) for key in MACHINE_IDENTITY)  # noqa: E731
+    if identity(previous.get("machine", {})) != identity(results.get("machine", {})):
+        return results, True
+    merged = {**previous, **results,
+              "targets": {**previous.get("targets", {}), **results.get("targets", {})}}
+    return merged, False
 
 
 def _rescale_mfu(node, scale: float) -> None:

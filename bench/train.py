@@ -139,7 +139,8 @@ def run_worker(workspace: str, steps: int, out: str) -> None:
     """The engine's trainer end to end, timed from the call (model load included)."""
     import resource
 
-    from core.train.trainer import read_events, train
+    from core.runs import read_events
+    from core.train.trainer import train
 
     _prepare(workspace)
     half = max(1, steps // 2)
