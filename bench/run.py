@@ -179,6 +179,7 @@ def _headline(results: dict) -> None:
         "train_speedup_vs_peft_one_thread_cpu": results.get("train", {}).get("speedup_vs_peft_one_thread_cpu_time"),
         "train_mfu_one_thread_cpu": results.get("train", {}).get("train_mfu_one_thread_cpu"),
         "train_pairs_per_s_end_to_end": results.get("train", {}).get("end_to_end", {}).get("pairs_per_s"),
+        "grad_cache_cost_per_pair": results.get("train", {}).get("grad_cache_cost_per_pair"),
         "query_latency_s": results.get("latency", {}).get("query_latency_s"),
         "search_p50_ms_100k": results.get("search", {}).get("search_p50_ms_100k"),
         "query_warm_ms_20k": results.get("query_warm", {}).get("query_warm_ms_20k"),
@@ -234,6 +235,12 @@ def table(results: dict) -> str:
                      f"{train.get('train_mfu_one_thread_cpu_peft', float('nan')):.1%}); "
                      f"padding {train['padding_fraction']:.1%}; "
                      f"peak RSS {train['peak_rss_mb']:.0f} MB")
+        if "grad_cache_cost_per_pair" in train:
+            lines.append(f"gradient caching, {train['grad_cache_pairs']} pairs in chunks of {train['grad_cache_chunk']} "
+                         f"({2 * train['grad_cache_pairs'] - 2} in-batch negatives per note, one chunk's activation "
+                         f"memory): {train['grad_cache_s_per_pair']:.3f} s/pair against "
+                         f"{train['plain_s_per_pair']:.3f} s/pair for plain {train['grad_cache_chunk']}-pair steps: "
+                         f"x{train['grad_cache_cost_per_pair']:.2f} per pair")
         run = train.get("end_to_end", {})
         if "pairs_per_s" in run:
             lines.append(f"trainer end to end, {run['steps']} steps with {run['evaluations']} evaluations: "

@@ -120,6 +120,7 @@ def ab_worker(workspace: str, repeats: int, out: str) -> None:
         peak_times.append(time.thread_time() - started)
     peak_one_thread = 2 * 2048 ** 3 / min(peak_times)
     torch.set_num_threads(threads)
+    cached = _grad_cache_timing(model, loss_module, optimizer, parameters, store, notes_by_id, repeats)
     mask = batch["attention_mask"]
     result = {"repeats": repeats, "notes_per_step": len(notes), "step_s_peft_all": times["peft"],
               "step_s_lean_all": times["lean"], "step_s_peft": statistics.median(times["peft"]),
@@ -131,8 +132,59 @@ def ab_worker(workspace: str, repeats: int, out: str) -> None:
               "speedup_vs_peft_one_thread_cpu_time": statistics.median(
                   p / q for p, q in zip(cpu["peft"], cpu["lean"])),
               "padding_fraction": 1.0 - float(mask.float().mean()), "step_flops": step_flops(model, notes),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **cached}
     Path(out).write_text(json.dumps(result))
+
+
+def _grad_cache_timing(model, loss_module, optimizer, parameters, store, notes_by_id, repeats: int) -> dict:
+    """The price of gradient caching (core/train/grad_cache.py): a step of 32 pairs (62 in-batch negatives
+    per note) in chunks of 16, at one 16-pair chunk's activation memory, against plain lean steps of 16
+    pairs (30 negatives), alternating; seconds per pair of each and their ratio. The cached step pays a
+    second forward of every chunk, so about 4/3 per pair is the expected price."""
+    import torch
+
+    from core.train.grad_cache import cached_contrastive_step
+    from core.train.trainer import BatchSchedule
+
+    model.lean_training = True
+    wide = BatchSchedule(store.pairs("sample"), 32, seed=0).batch(0)
+    narrow = wide[:16]
+
+    def encode(module, chunk):
+        chunk_notes = [notes_by_id[a] for a, _ in chunk] + [notes_by_id[b] for _, b in chunk]
+        batch = module.collate(chunk_notes)
+        with torch.no_grad():  # the frozen tower's features, cached per image after the first call
+            vision, has_image = module.image_features(batch["images"])
+        return module(batch, vision=vision, has_image=has_image)
+
+    def finish() -> None:
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def plain_step() -> float:
+        started = time.perf_counter()
+        output = encode(model, narrow)
+        loss_module(output.embedding, output.visual_embedding)["loss"].backward()
+        finish()
+        return time.perf_counter() - started
+
+    def cached_step() -> float:
+        started = time.perf_counter()
+        cached_contrastive_step(model, loss_module, wide, encode, 16)
+        finish()
+        return time.perf_counter() - started
+
+    plain_step(), cached_step()
+    plain, wide_times = [], []
+    for _ in range(max(1, repeats // 2)):
+        plain.append(plain_step())
+        wide_times.append(cached_step())
+    per_pair_plain = statistics.median(plain) / len(narrow)
+    per_pair_cached = statistics.median(wide_times) / len(wide)
+    return {"grad_cache_pairs": len(wide), "grad_cache_chunk": 16, "grad_cache_step_s_all": wide_times,
+            "grad_cache_plain_step_s_all": plain, "grad_cache_s_per_pair": per_pair_cached,
+            "plain_s_per_pair": per_pair_plain, "grad_cache_cost_per_pair": per_pair_cached / per_pair_plain}
 
 
 def run_worker(workspace: str, steps: int, out: str) -> None:

@@ -51,6 +51,21 @@ class Preset:
                    model=data.get("model") or {}, tiny_backbones=bool(data.get("tiny_backbones", False)))
 
 
+# The CPU pilot's recipe: offline SmolLM2-135M + EfficientNet-Lite0, bf16 frozen weights.
+CPU_TRAIN: Mapping[str, Any] = dict(
+    batch_pairs=16,
+    # New modules at 1e-4, not the pilot's 1e-3: at 1e-3 Adam's first steps collapse the fresh connector (the
+    # spread of n_v across pictures fell from 0.15 to 0.02 in one step and the image-side loss sat at chance);
+    # at 1e-4 the connector keeps the picture (docs/METHOD.md, "What was measured").
+    lr_new=1e-4,
+    lr_llm=2e-4,  # LoRA adapters
+    checkpoint_every=25,
+    eval_every=50,
+)
+# 2-layer Q-Former of width 384, 16 queries, LoRA r=16 on every projection.
+CPU_MODEL: Mapping[str, Any] = dict(llm_tuning="lora", lora_rank=16, qformer_layers=2, qformer_width=384,
+                                    qformer_heads=6, num_query_tokens=16)
+
 PRESET_TABLE: tuple[Preset, ...] = (
     Preset(
         name="tiny",
@@ -62,21 +77,18 @@ PRESET_TABLE: tuple[Preset, ...] = (
     Preset(
         name="cpu",
         description="offline SmolLM2-135M + EfficientNet-Lite0, LoRA on the LLM: about 5 s per step on 2 CPU cores",
-        # The CPU pilot's recipe: offline SmolLM2-135M + EfficientNet-Lite0, bf16 frozen weights.
-        train=dict(
-            batch_pairs=16,
-            # New modules at 1e-4, not the pilot's 1e-3: at 1e-3 Adam's first steps collapse the fresh
-            # connector (the spread of n_v across pictures fell from 0.15 to 0.02 in one step and the
-            # image-side loss sat at chance); at 1e-4 the connector keeps the picture (docs/METHOD.md,
-            # "What was measured").
-            lr_new=1e-4,
-            lr_llm=2e-4,  # LoRA adapters
-            checkpoint_every=25,
-            eval_every=50,
-        ),
-        # 2-layer Q-Former of width 384, 16 queries, LoRA r=16 on every projection.
-        model=dict(llm_tuning="lora", lora_rank=16, qformer_layers=2, qformer_width=384, qformer_heads=6,
-                   num_query_tokens=16),
+        train=CPU_TRAIN,
+        model=CPU_MODEL,
+    ),
+    Preset(
+        name="cpu-wide",
+        description="the cpu preset with 64 pairs per step (126 in-batch negatives per note) by gradient "
+                    "caching in chunks of 16: a 16-pair step's memory, about 5x its time",
+        # The reference trains with 254 negatives per note; the cpu preset sees 30. Gradient caching
+        # (core/train/grad_cache.py) widens the batch without widening the activation memory, at about 4/3
+        # of the plain path's time per pair (`make bench`: grad_cache_cost_per_pair). Same recipe otherwise.
+        train={**CPU_TRAIN, "batch_pairs": 64, "grad_cache_chunk": 16},
+        model=CPU_MODEL,
     ),
     Preset(
         name="reference",

@@ -44,7 +44,7 @@ def test_overrides_win_and_the_table_stays_unchanged():
     assert preset_configs("cpu", "micl")[0]["batch_pairs"] == 16
     with pytest.raises(TypeError):
         get_preset("cpu").train["lr_new"] = 1e-3
-    with pytest.raises(WorkbenchError, match="unknown preset 'fast'; choose one of tiny, cpu, reference"):
+    with pytest.raises(WorkbenchError, match="unknown preset 'fast'; choose one of tiny, cpu, cpu-wide, reference"):
         preset_configs("fast", "text")
 
 
@@ -75,3 +75,16 @@ def test_the_apps_preset_list_is_the_tables():
 
     assert list(finetune.PRESETS) == list(PRESETS)
     assert finetune.PRESETS == preset_descriptions()
+
+
+def test_cpu_wide_is_the_cpu_recipe_with_a_cached_wide_batch():
+    """cpu-wide must differ from cpu only in the batch width and the chunking that keeps its memory: a
+    learning rate or a Q-Former size drifting between the two would confound any comparison of them."""
+    cpu, wide = get_preset("cpu"), get_preset("cpu-wide")
+    assert dict(wide.model) == dict(cpu.model)
+    differing = {key for key in set(cpu.train) | set(wide.train) if cpu.train.get(key) != wide.train.get(key)}
+    assert differing == {"batch_pairs", "grad_cache_chunk"}
+    assert wide.train["batch_pairs"] > cpu.train["batch_pairs"] == wide.train["grad_cache_chunk"]
+    assert wide.train["batch_pairs"] % wide.train["grad_cache_chunk"] == 0
+    train_values, _ = preset_configs("cpu-wide", "micl+late")
+    assert TrainConfig(dataset="d", variant="micl+late", run="r", preset="cpu-wide", **train_values).grad_cache_chunk == 16
