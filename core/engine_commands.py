@@ -14,6 +14,9 @@ from core.cli import add_workspace_argument
 from core.errors import WorkbenchError
 
 _TRAIN_FIXED = {"dataset", "variant", "run", "preset", "steps", "device"}
+# Options whose meaning the generic "(default from the preset)" would not tell.
+_TRAIN_HELP = {"log_with": "experiment trackers besides events.jsonl, comma-separated: tensorboard, trackio, "
+                           "mlflow (each must be installed; they write under WORKSPACE/runs/RUN/tracking/)"}
 
 
 def _bool(text: str) -> bool:
@@ -54,7 +57,7 @@ def register(subparsers) -> None:
             continue
         kind = _bool if isinstance(f.default, bool) else type(f.default)
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                       help=f"(default from the preset; {f.default!r} otherwise)")
+                       help=_TRAIN_HELP.get(f.name, f"(default from the preset; {f.default!r} otherwise)"))
     for name, kind in _MODEL_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help="model option")
     p.add_argument("--fixed-temperature", action="store_true", help="keep t at --temperature-init")

@@ -8,6 +8,7 @@ in WORKSPACE/runs/<run>/:
     run.json                         train config + model config + dataset + split seed, and the run's state
     events.jsonl                     one JSON row per step (loss, lr, temperature, notes/s, ...) and per evaluation
     checkpoints/                     the last checkpoint, for --resume (see checkpoint.py)
+    tracking/                        with `log_with` (--log-with): TensorBoard / MLflow logs (trackers.py)
 
 Determinism: the batches of every step are a function of (seed, step) alone (a seeded shuffle per epoch,
 packed so no note appears twice in one global batch: a duplicate would be its own false negative), so a
@@ -77,6 +78,10 @@ class TrainConfig:
     length_buckets: int = 8
     lean_training: bool = True  # core/models/lora_train.py where it applies; False forces peft + transformers
     device: str = "auto"
+    # Experiment trackers besides events.jsonl, comma-separated: tensorboard, trackio, mlflow
+    # (core/train/trackers.py). Like the device, where a run reports is not part of what it learns: a resume
+    # may change it.
+    log_with: str = ""
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -366,7 +371,8 @@ class _Session:
 
 class Trainer:
     """Trains one run. `callbacks` watch it (TrainerCallback); the built-in ones, installed first in the main
-    process, write events.jsonl and run.json, draw the progress bar (`progress_bar`) and call `on_step`."""
+    process, write events.jsonl and run.json, draw the progress bar (`progress_bar`), call `on_step` and
+    feed the experiment trackers of `config.log_with` (core/train/trackers.py)."""
 
     def __init__(self, workspace: Workspace | str | None, config: TrainConfig, model_config: NoteEncoderConfig,
                  resume: bool = False, init_from: str | None = None,
@@ -475,6 +481,9 @@ class Trainer:
             raise WorkbenchError("--steps must be at least 1")
         if config.batch_pairs < 2:
             raise WorkbenchError("--batch-pairs must be at least 2 (in-batch negatives need another pair)")
+        from core.train.trackers import check_trackers
+
+        check_trackers(config.log_with)  # a missing tracker is one sentence now, not an error mid-run
         device = resolve_device(config.device)
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             configure_threads()  # under torchrun the processes share the cores: keep its OMP_NUM_THREADS
@@ -527,7 +536,8 @@ class Trainer:
         saved = self._prepare_run_dir(self.is_main)
         accelerator.wait_for_everyone()  # every process checks the folder before the main one creates it
         if saved is not None:
-            self.config = TrainConfig.from_dict({**saved["train"], "device": self.config.device})
+            self.config = TrainConfig.from_dict({**saved["train"], "device": self.config.device,
+                                                 "log_with": self.config.log_with})
             self.model_config = NoteEncoderConfig.from_dict(saved["model"])
             if saved.get("world_size", self.world) != self.world:
                 raise WorkbenchError(f"run '{self.config.run}' was trained with {saved['world_size']} processes; "
@@ -655,6 +665,10 @@ class Trainer:
             installed.append(ProgressBarCallback())
         if self.on_step is not None:
             installed.append(StepFunctionCallback(self.on_step))
+        if self.config.log_with:
+            from core.train.trackers import TrackerCallback, parse_trackers
+
+            installed.append(TrackerCallback(parse_trackers(self.config.log_with)))
         return installed
 
     def _notify(self, hook: str, *args) -> None:
@@ -885,7 +899,8 @@ def train(workspace, dataset: str | None, variant: str | None, run: str, preset:
         if not run_file.exists():
             raise WorkbenchError(f"run '{run}' has nothing to resume (no {run_file})")
         saved = read_run_file(workspace.run_dir(run))
-        config = TrainConfig.from_dict({**saved["train"], "device": overrides.get("device") or saved["train"]["device"]})
+        config = TrainConfig.from_dict({**saved["train"], "device": overrides.get("device") or saved["train"]["device"],
+                                        "log_with": overrides.get("log_with") or saved["train"].get("log_with", "")})
         return Trainer(workspace, config, NoteEncoderConfig.from_dict(saved["model"]), resume=True,
                        on_step=on_step, progress_bar=progress_bar, callbacks=callbacks).run()
     if not dataset:
