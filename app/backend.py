@@ -18,7 +18,7 @@ from core.workbench import VARIANT_DESCRIPTIONS, ZERO_SHOT, Variant, Workbench
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "Startup", "SHIPPED_CHECKPOINTS", "VARIANT_DESCRIPTIONS", "describe", "message", "variant_label"]
+__all__ = ["Backend", "Startup", "Warmth", "WARM_ZERO_SHOT", "SHIPPED_CHECKPOINTS", "VARIANT_DESCRIPTIONS", "describe", "message", "variant_label"]
 
 
 def configure_logging() -> None:
@@ -28,14 +28,40 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# Zero-shot baselines whose vectors of the sample start-up encodes once the demo variants are warm: the frozen
+# small encoders (seconds each). zs-llm and zs-mlrm run the LLM over every note, which would hold the CPU
+# for minutes that a user's own searches need; they encode on first use.
+WARM_ZERO_SHOT = ("zs-text", "zs-image", "zs-concat")
+
+
+@dataclass
+class Warmth:
+    """How many of a variant's vectors of the start-up dataset are ready: `done` of `total` (notes times
+    modalities), so the banner can say "warm" or "encoding n of N"."""
+    name: str
+    done: int = 0
+    total: int = 0
+    state: str = "queued"  # queued | encoding | warm | failed
+    error: str = ""
+
+
 @dataclass
 class Startup:
-    """Background start-up work (sample import, demo checkpoints): the page shows it, never waits on it."""
+    """Background start-up work (sample import, demo checkpoints, then the demo variants' vectors checked
+    and their indexes built; cheap baselines encoded after): the page shows it, never waits on it. `state`
+    turns "ready" once every shipped variant is warm, so a search after that encodes none of the sample."""
     state: str = "pending"  # pending | running | ready | failed
     message: str = "starting"
     sample: str | None = None
     demo_runs: list[str] = field(default_factory=list)
+    warmth: dict[str, Warmth] = field(default_factory=dict)  # in the order the banner lists them
+    warming: bool = False  # encoding after "ready" (the cheap baselines) still going
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left for the page to follow."""
+        return self.state in ("ready", "failed") and not self.warming
 
 
 class Backend:
@@ -81,8 +107,14 @@ class Backend:
             Variant(name=name, kind="run", variant=name, dataset=dataset or "")
 
     # ------------------------------------------------------------------------------------ start-up
-    def start_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self._startup, name="workbench-startup", daemon=True)
+    def start_background(self, warm_zero_shot: tuple[str, ...] = WARM_ZERO_SHOT) -> threading.Thread:
+        def work():
+            self._startup()
+            if self.startup.state == "ready" and warm_zero_shot:
+                self._warm_extras(warm_zero_shot)
+
+        self.startup.warming = bool(warm_zero_shot)
+        thread = threading.Thread(target=work, name="workbench-startup", daemon=True)
         thread.start()
         return thread
 
@@ -93,10 +125,53 @@ class Backend:
             s.sample = self.workbench.ensure_sample()
             s.message = "sample dataset ready"
             s.demo_runs = self.workbench.install_checkpoints()
+            shipped = [run for run in s.demo_runs if self.workbench.run(run).dataset == s.sample]
+            s.message = "checking the demo variants' vectors…"
+            self._warm(shipped, s.sample)
             s.state = "ready"
             s.message = "ready"
         except Exception as error:  # keep serving; the banner says what happened
             s.state, s.message = "failed", message(error)
+            s.warming = False
+
+    def _warm_extras(self, names: tuple[str, ...]) -> None:
+        s = self.startup
+        try:
+            self._warm([name for name in names if name in ZERO_SHOT], s.sample)
+        except Exception as error:  # the baselines still encode on first use; only the banner says so
+            message(error)
+        finally:
+            s.warming = False
+
+    def _warm(self, names: list[str], dataset: str | None) -> None:
+        """Make each variant's vectors of `dataset` ready in every modality, in order: what the vector cache
+        holds (shipped vectors included) is only read and indexed; what it lacks is encoded here, before a
+        user's search would have to."""
+        from core.workbench import MODALITIES
+
+        if not dataset:
+            return
+        for name in names:
+            self.startup.warmth.setdefault(name, Warmth(name))
+        for name in names:
+            warmth = self.startup.warmth[name]
+            try:
+                done = {m: self.workbench.cached_count(name, dataset, m)[0] for m in MODALITIES}
+                notes = self.workbench.cached_count(name, dataset, MODALITIES[0])[1]
+                warmth.total, warmth.done = notes * len(MODALITIES), sum(done.values())
+                warmth.state = "warm" if warmth.done == warmth.total else "encoding"
+                for modality in MODALITIES:
+                    def progress(finished, todo, modality=modality):
+                        # `todo` counts the notes the cache lacked; the rest were ready already.
+                        done[modality] = max(0, notes - todo) + finished
+                        warmth.done = sum(done.values())
+
+                    self.workbench.dataset_vectors(name, dataset, modality, progress=progress)
+                    done[modality] = notes
+                    warmth.done = sum(done.values())
+                warmth.state = "warm"
+            except Exception as error:  # one variant that cannot encode leaves the others warm
+                warmth.state, warmth.error = "failed", message(error)
 
     def demo_checkpoints(self) -> list[Path]:
         return self.workbench.shipped_checkpoints()

@@ -104,7 +104,26 @@ def banner(backend: Backend, dataset) -> str:
                      "(preset *tiny*: seconds, *cpu*: minutes).")
     else:
         parts.append(f"{len(runs)} trained variant(s) and {len(zero)} zero-shot baselines on **{md(dataset)}**.")
-    return " · ".join(parts)
+    text = " · ".join(parts)
+    if dataset and dataset == s.sample:
+        lines = warmth_lines(s)
+        if lines:
+            text += "  \n" + "  \n".join(lines)
+    return text
+
+
+def warmth_lines(startup) -> list[str]:
+    """One line per variant start-up makes ready on the sample: "warm", or "encoding n of N" (notes times
+    modalities) while its vectors are read or encoded, so nobody wonders why a first search would wait."""
+    lines = []
+    for w in list(startup.warmth.values()):
+        if w.state == "warm":
+            lines.append(f"**{md(w.name)}**: warm")
+        elif w.state == "failed":
+            lines.append(f"**{md(w.name)}**: not warmed ({md(w.error)}); it encodes on first use")
+        else:
+            lines.append(f"**{md(w.name)}**: encoding {w.done} of {w.total or '?'}")
+    return lines
 
 
 def build_app(backend: Backend) -> gr.Blocks:
@@ -171,9 +190,10 @@ def build_app(backend: Backend) -> gr.Blocks:
                     fn, inputs, outputs = handles[key]
                     load = load.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
 
-        # Until the background start-up is done, poll it; then refresh once and stop.
+        # Until the background start-up is done (the sample, the demo runs, then the variants' vectors), poll
+        # it; then refresh once and stop.
         def on_startup_tick(current):
-            done = backend.startup.state in ("ready", "failed")
+            done = backend.startup.settled
             names = backend.dataset_names()
             value = current if current in names else backend.default_dataset()
             return (gr.update(choices=names, value=value), banner(backend, value), gr.Timer(active=not done))

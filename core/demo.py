@@ -2,9 +2,10 @@
 
 `python -m core build-demo` trains every variant on the bundled sample (resumable) and exports only what
 training produced (connector, slot vector, gate, head, LoRA; large matrices int8 per row) with the run's
-metadata and events; each export is then installed and evaluated on the sample's test split, so the eval.json
-beside it measures exactly the shipped weights. `install_checkpoints` turns such a folder into finished runs
-of a workspace, so every tab lists them like any run trained there.
+metadata and events; each export is then installed, encodes the sample in every modality (the vectors ship
+beside it, core.shipped_vectors, so the demo's first search encodes nothing) and is evaluated on the sample's
+test split, so the eval.json beside it measures exactly the shipped weights. `install_checkpoints` turns such
+a folder into finished runs of a workspace, so every tab lists them like any run trained there.
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def demo_run_name(variant: str) -> str:
 
 
 def install_checkpoints(workspace, directory: str | Path = CHECKPOINTS_DIR) -> list[str]:
-    """Every shipped checkpoint under `directory` as a finished run of the workspace (the run store does it)."""
-    from core.runs import RunStore
+    """Every shipped checkpoint under `directory` as a finished run of the workspace, with its shipped vectors
+    where they fit (the Workbench does it, as at the app's start-up)."""
+    from core.workbench import Workbench
 
-    return RunStore(workspace).install_shipped(directory)
+    return Workbench(workspace).install_checkpoints(directory)
 
 
 def export_checkpoint(workspace: Workspace, run: str, out: Path, evaluation: dict | None = None,
@@ -89,7 +91,37 @@ def build_demo_checkpoints(workspace: Workspace, out: Path = CHECKPOINTS_DIR, st
             if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
                 raise WorkbenchError(f"training {run} failed; rerun build-demo to resume it")
         written.append(export_checkpoint(workspace, run, out / variant, shipped_name=demo_run_name(variant)))
+    write_shipped_vectors(workspace, out, log=log)
     evaluate_shipped(workspace, out, log)
+    return written
+
+
+def write_shipped_vectors(workspace: Workspace, directory: Path = CHECKPOINTS_DIR, dataset: str = DEMO_DATASET,
+                          log=print) -> list[Path]:
+    """Encode the sample with every shipped checkpoint under `directory`, in every modality, and write the
+    vectors beside it (core.shipped_vectors): a fresh workspace then serves its first search on the demo
+    variants from them instead of encoding the sample first. The checkpoints are installed as runs first,
+    so the vectors come from exactly the shipped weights."""
+    from core import shipped_vectors
+    from core.data.sample import ensure_sample_dataset
+    from core.workbench import MODALITIES, Workbench
+
+    ensure_sample_dataset(workspace)
+    bench = Workbench(workspace)
+    runs = set(bench.install_checkpoints(directory))
+    notes = bench.notes(dataset)
+    written = []
+    for folder in sorted(p for p in Path(directory).iterdir() if (p / RUN_FILE).is_file()):
+        run = read_run_file(folder)["run"]
+        if run not in runs:
+            continue
+        vectors = {}
+        for modality in MODALITIES:
+            log(f"{run}: encoding {len(notes)} notes of {dataset} ({modality})")
+            vectors[modality] = bench.note_vectors(run, dataset, notes, modality)
+        written.append(shipped_vectors.write(folder, dataset, notes, vectors))
+        size = sum((folder / shipped_vectors.vectors_file(dataset, m)).stat().st_size for m in vectors)
+        log(f"{run}: vectors written beside {folder.name} ({size / 1e3:.0f} kB)")
     return written
 
 
@@ -108,6 +140,11 @@ def evaluate_shipped(workspace: Workspace, directory: Path = CHECKPOINTS_DIR, lo
 
 
 def _build_command(args) -> int:
+    if args.vectors_only:
+        for path in write_shipped_vectors(Workspace.open(args.workspace), Path(args.out),
+                                          log=lambda m: print(m, file=sys.stderr, flush=True)):
+            print(path)
+        return 0
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else DEMO_VARIANTS
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -138,6 +175,8 @@ def register(subparsers) -> None:
                         + ",".join(DEMO_VARIANTS) + ")")
     parser.add_argument("--out", default=str(CHECKPOINTS_DIR))
     parser.add_argument("--extra", default="", help="extra train options, e.g. '--lora-rank 8'")
+    parser.add_argument("--vectors-only", action="store_true",
+                        help="only (re)write the sample's vectors beside the checkpoints already in --out")
     add_workspace_argument(parser)
     parser.set_defaults(func=_build_command)
 

@@ -553,6 +553,20 @@ class Workbench:
 
         return service.vector_cache(self.workspace, name, dataset, modality)
 
+    def cached_count(self, name: str, dataset: str, modality: str = "both") -> tuple[int, int]:
+        """(notes of the dataset whose vectors are ready under the encoder's current weights, notes of the
+        dataset): in memory when the index is built, else on disk. Encodes nothing and loads no model."""
+        _check_modality(modality)
+        corpus = self._corpus(dataset)
+        if self._spaces.get((name, dataset, modality),
+                            (self.encoder_fingerprint(name), corpus.fingerprint)) is not None:
+            return len(corpus.notes), len(corpus.notes)
+        from core.encode import note_hash
+
+        present, _, _ = self.vector_cache(name, dataset, modality).load()
+        found = sum(f"{note.note_id}\0{note_hash(note, modality)}" in present for note in corpus.notes)
+        return found, len(corpus.notes)
+
     def dataset_vectors(self, name: str, dataset: str, modality: str = "both",
                         progress: Progress | None = None) -> tuple[list[str], np.ndarray]:
         """(note ids in store order, (N, d) float32) for a whole dataset."""
@@ -920,8 +934,15 @@ class Workbench:
         self._spaces.drop(lambda key: key[0] == name)
 
     def install_checkpoints(self, directory: str | Path | None = None) -> list[str]:
-        """Shipped demo checkpoints as finished runs of this workspace."""
-        return self.runs.install_shipped(directory)
+        """Shipped demo checkpoints as finished runs of this workspace, with the vectors shipped beside them
+        put into the vector cache wherever the run's weights and the dataset are the ones they were computed
+        on (core.shipped_vectors): the demo's first search then encodes nothing."""
+        from core import shipped_vectors
+
+        runs = self.runs.install_shipped(directory)
+        directory = Path(directory) if directory is not None else shipped_checkpoints_dir()
+        shipped_vectors.install_all(self.workspace, self.store, directory, runs)
+        return runs
 
     def shipped_checkpoints(self) -> list[Path]:
         directory = shipped_checkpoints_dir()
