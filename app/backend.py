@@ -151,8 +151,9 @@ class Backend:
 
         if not dataset:
             return
-        for name in names:
-            self.startup.warmth.setdefault(name, Warmth(name))
+        count = len(self.workbench.notes(dataset)) * len(MODALITIES)
+        for name in names:  # the whole queue is listed at once, each with its size
+            self.startup.warmth.setdefault(name, Warmth(name, total=count))
         for name in names:
             warmth = self.startup.warmth[name]
             try:
@@ -163,7 +164,8 @@ class Backend:
                 for modality in MODALITIES:
                     def progress(finished, todo, modality=modality):
                         # `todo` counts the notes the cache lacked; the rest were ready already.
-                        done[modality] = max(0, notes - todo) + finished
+                        # Never backwards: an encoder in two parts (zs-concat) counts each part from 0.
+                        done[modality] = max(done[modality], max(0, notes - todo) + finished)
                         warmth.done = sum(done.values())
 
                     self.workbench.dataset_vectors(name, dataset, modality, progress=progress)

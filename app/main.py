@@ -112,6 +112,18 @@ def banner(backend: Backend, dataset) -> str:
     return text
 
 
+def startup_tick(backend: Backend, current):
+    """(dataset picker update, banner, timer) for one poll of the start-up. Once it is ready the picker is left
+    alone while the baselines still encode (minutes): choices sent every second would close it under the
+    user's pointer. The timer stops when nothing is left to follow."""
+    s = backend.startup
+    names = backend.dataset_names()
+    value = current if current in names else backend.default_dataset()
+    picker = gr.update() if s.state in ("ready", "failed") and current in names else \
+        gr.update(choices=names, value=value)
+    return picker, banner(backend, value), gr.Timer(active=not s.settled)
+
+
 def warmth_lines(startup) -> list[str]:
     """One line per variant start-up makes ready on the sample: "warm", or "encoding n of N" (notes times
     modalities) while its vectors are read or encoded, so nobody wonders why a first search would wait."""
@@ -193,10 +205,7 @@ def build_app(backend: Backend) -> gr.Blocks:
         # Until the background start-up is done (the sample, the demo runs, then the variants' vectors), poll
         # it; then refresh once and stop.
         def on_startup_tick(current):
-            done = backend.startup.settled
-            names = backend.dataset_names()
-            value = current if current in names else backend.default_dataset()
-            return (gr.update(choices=names, value=value), banner(backend, value), gr.Timer(active=not done))
+            return startup_tick(backend, current)
 
         startup_timer.tick(on_startup_tick, [dataset], [dataset, status, startup_timer], api_name=False,
                            show_progress="hidden")

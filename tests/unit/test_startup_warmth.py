@@ -107,3 +107,23 @@ def test_background_start_up_warms_the_cheap_baselines_after_ready(shipped, tmp_
     backend.start_background(warm_zero_shot=("zs-text", "not-a-baseline")).join(30)
     assert order == [("running", [RUN]), ("ready", ["zs-text"])]
     assert backend.startup.settled
+
+
+def test_the_start_up_poll_leaves_the_dataset_picker_alone_once_ready(tmp_path, monkeypatch):
+    """While the baselines encode after "ready" the page still polls (the banner's lines move), but the dataset
+    picker is not re-sent each second: that would close it under the user's pointer."""
+    from app.main import startup_tick
+
+    monkeypatch.setenv("NOTELLM2_CHECKPOINTS", str(tmp_path / "none"))
+    backend = Backend(tmp_path / "ws")
+    monkeypatch.setattr(backend, "dataset_names", lambda: ["sample", "mine"])
+    backend.startup = Startup(state="running")
+    picker, _, timer = startup_tick(backend, None)
+    assert picker.get("choices") == ["sample", "mine"] and picker.get("value") == "sample" and timer.active
+    backend.startup = Startup(state="ready", sample="sample", warming=True)
+    picker, _, timer = startup_tick(backend, None)  # the first poll after ready fills the picker
+    assert picker.get("value") == "sample"
+    picker, _, timer = startup_tick(backend, "mine")
+    assert "choices" not in picker and "value" not in picker and timer.active
+    backend.startup.warming = False
+    assert not startup_tick(backend, "mine")[2].active
