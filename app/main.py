@@ -11,54 +11,11 @@ from core.workspace import REPO_ROOT
 
 CSS_PATH = REPO_ROOT / "assets" / "workbench.css"
 TITLE = "NoteLLM-2 workbench"
-# Explore map: hovering a point floats its image beside the cursor (fetched from the workspace's image
-# folder, so the figure carries URLs, not pixels); clicking it puts its note id into a hidden textbox, and
-# the server selects it.
+# The page scripts: this one (Search: a clicked result card searches from its note) and assets/selections.js
+# (Explore's map clicks, linked hover and box/lasso selections; Search's related / not related marks).
+SELECTIONS_JS_PATH = REPO_ROOT / "assets" / "selections.js"
 JS = """
 () => {
-  const pointData = (event) => {
-    const point = event && event.points && event.points[0];
-    const data = point && point.customdata;
-    return Array.isArray(data) ? { id: data[0], image: data[1] } : { id: data, image: '' };
-  };
-  const floating = () => {
-    let box = document.getElementById('explore-hover-thumb');
-    if (!box) {
-      box = document.createElement('div');
-      box.id = 'explore-hover-thumb';
-      box.className = 'wb-hover-thumb';
-      box.appendChild(document.createElement('img'));
-      document.body.appendChild(box);
-    }
-    return box;
-  };
-  const hook = () => {
-    document.querySelectorAll('#explore-map .js-plotly-plot').forEach((plot) => {
-      if (plot.__wbHooked || !plot.on) return;
-      plot.__wbHooked = true;
-      plot.on('plotly_click', (event) => {
-        const id = pointData(event).id;
-        const box = document.querySelector('#explore-click textarea, #explore-click input');
-        if (!id || !box) return;
-        box.value = id;
-        box.dispatchEvent(new Event('input', { bubbles: true }));
-      });
-      plot.on('plotly_hover', (event) => {
-        const { image } = pointData(event);
-        const box = floating();
-        if (!image) { box.style.display = 'none'; return; }
-        const img = box.querySelector('img');
-        if (img.getAttribute('src') !== image) img.setAttribute('src', image);
-        // Above-left of the cursor: plotly puts its hover label to the right of the point.
-        const mouse = event.event || {};
-        box.style.left = Math.max(4, (mouse.clientX || 0) - 154) + 'px';
-        box.style.top = Math.max(4, (mouse.clientY || 0) - 154) + 'px';
-        box.style.display = 'block';
-      });
-      plot.on('plotly_unhover', () => { floating().style.display = 'none'; });
-    });
-  };
-  new MutationObserver(hook).observe(document.body, { childList: true, subtree: true });
   // Search: clicking a result card (or Enter on it) searches from its note. The id goes into a hidden
   // textbox with a click count, so clicking the same card again is still a change the server hears.
   let searchClicks = 0;
@@ -215,7 +172,9 @@ def build_app(backend: Backend) -> gr.Blocks:
 
 def launch_kwargs() -> dict:
     """What Gradio 6 takes at launch rather than in Blocks(): theme, CSS and the page script."""
-    return {"css_paths": [CSS_PATH] if CSS_PATH.is_file() else None, "js": JS,
+    scripts = [JS, SELECTIONS_JS_PATH.read_text(encoding="utf-8")]
+    page_script = "() => {\n" + "".join(f"({script.strip()})();\n" for script in scripts) + "}"
+    return {"css_paths": [CSS_PATH] if CSS_PATH.is_file() else None, "js": page_script,
             # System fonts only: there may be no network to fetch web fonts from.
             "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate",
                                     font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])}

@@ -31,6 +31,7 @@ from core.baselines import ZERO_SHOT
 from core.explain import Explanation
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
+from core.data.working_set import WorkingSet, WorkingSets
 from core.errors import WorkbenchError
 from core.models.note_encoder import VARIANTS
 from core.runs import RunRecord, RunStore, RunSummary, shipped_checkpoints_dir, summarize
@@ -461,6 +462,41 @@ class Workbench:
         from core.data.export import export_dataset
 
         return export_dataset(self.workspace, dataset, out, formats, neighbours, progress)
+
+    # ------------------------------------------------------------------------------------ working sets
+    # Notes picked on a map and search results marked (not) related, per dataset, on their way to training
+    # data (core/data/working_set.py). Every id is checked against the dataset; an unknown one changes nothing.
+    def _working_sets(self) -> WorkingSets:
+        if getattr(self, "_working", None) is None:
+            self._working = WorkingSets(self.store)
+        return self._working
+
+    def working_set(self, dataset: str) -> WorkingSet:
+        return self._working_sets().get(dataset)
+
+    def working_set_add(self, dataset: str, note_ids: Sequence[str]) -> WorkingSet:
+        """Add notes (a box or lasso selection) to the dataset's working set; repeats are kept once."""
+        return self._working_sets().add_notes(dataset, note_ids)
+
+    def working_set_remove(self, dataset: str, note_ids: Sequence[str]) -> WorkingSet:
+        return self._working_sets().remove_notes(dataset, note_ids)
+
+    def working_set_mark(self, dataset: str, query_id: str, note_id: str, mark: str | None) -> WorkingSet:
+        """Mark a search result of a dataset note "related" (a positive pair), "not related" (a hard negative)
+        or None (unmarked)."""
+        return self._working_sets().mark(dataset, query_id, note_id, mark)
+
+    def working_set_clear(self, dataset: str, what: str = "all") -> WorkingSet:
+        return self._working_sets().clear(dataset, what)
+
+    def working_set_export(self, dataset: str, folder: str | Path) -> dict[str, Path]:
+        """pairs.csv (note_id_1,note_id_2), hard_negatives.csv (query_id,negative_id), working_set_notes.csv."""
+        return self._working_sets().export(dataset, folder)
+
+    def working_set_save(self, dataset: str, name: str, notes: str = "picked", pairs: str = "add") -> DatasetInfo:
+        """Save the working set as a new dataset `name` that Fine-tune can train on (see
+        WorkingSets.save_as_dataset for what it holds)."""
+        return self._working_sets().save_as_dataset(dataset, name, notes, pairs)
 
     def _dataset_fingerprint(self, dataset: str) -> tuple:
         """What changes when a dataset is deleted, re-imported or grows. Read on a connection kept per

@@ -1,5 +1,7 @@
 """Explore tab: UMAP maps of a dataset under one or two variants (aligned), coloured by category or by
-whether a note's related note is among its neighbours; selecting a note shows its neighbours."""
+whether a note's related note is among its neighbours; selecting a note shows its neighbours. A box or lasso
+on a map adds its notes to the dataset's working set (app/tabs/working_set.py); the page script
+(assets/selections.js) relays clicks and selections and links hovering across two maps."""
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -11,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from app.backend import Backend, message
 from app.render import esc, grid, mark, md, note_card, notice, related_badge, warning_toast
+from app.tabs import working_set
 from app.tabs.common import MODALITIES, neighbours, refresh_notes, refresh_variants, wire_note_search
 from core.analysis.projection import aligned_projections, project
 
@@ -135,8 +138,10 @@ def figure(state: dict, colour_by: str, selected: str | None, neighbour_ids: dic
                                                  line=dict(color="#111", width=1.5))), row=1, col=col)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    # uirevision: a new selection redraws the figure, and the user's zoom and drag tool (box, lasso) stay.
     fig.update_layout(height=560, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(font=dict(size=10), itemsizing="constant"), clickmode="event")
+                      legend=dict(font=dict(size=10), itemsizing="constant"), clickmode="event",
+                      uirevision=f"{state['dataset']}|{'|'.join(names)}|{state['modality']}")
     return fig
 
 
@@ -184,13 +189,18 @@ def build(backend: Backend, dataset: gr.Dropdown):
         modality = gr.Radio(MODALITIES, value="both", label="Modality", scale=3)
         colour_by = gr.Radio(["category", "target hit"], value="category", label="Colour by", scale=2)
         run = gr.Button("Compute map", variant="primary", scale=1, elem_id="explore-btn")
-    status = gr.Markdown("Hover a point for its title and image; click it (or pick it below) to see its neighbours.",
+    status = gr.Markdown("Hover a point for its title and image; click it (or pick it below) to see its neighbours. "
+                         "Box select or lasso (toolbar above the map) adds the notes inside to the working set.",
                          elem_classes=["wb-small"])
     plot = gr.Plot(show_label=False, elem_id="explore-map")
     note = gr.Dropdown(label="Selected note", choices=[], allow_custom_value=True, elem_id="explore-note")
     wire_note_search(backend, dataset, note)
+    # Written by the page script (assets/selections.js) as JSON with a counter, so a repeat is still a change:
+    # a clicked point {"id"}, a box or lasso selection {"ids"}.
     clicked = gr.Textbox(elem_id="explore-click", elem_classes=["wb-hidden"], show_label=False, container=False)
+    selection = gr.Textbox(elem_id="explore-selection", elem_classes=["wb-hidden"], show_label=False, container=False)
     near = gr.HTML(elem_id="explore-neighbours")
+    panel = working_set.build(backend, dataset, "explore")
 
     def on_run(ds, v, m, c, progress=gr.Progress()):
         try:
@@ -202,7 +212,8 @@ def build(backend: Backend, dataset: gr.Dropdown):
             return None, None, f"{mark('error')} {md(message(error))}"
         return st, figure(st, c, None), (f"{len(st['ids'])} notes · modality {md(m)}. *Target hit* = a known related note "
                                          f"is among the note's {HIT_K} nearest; the rate over titles is ± a 95% "
-                                         "interval. Click a point (or pick it below) for its neighbours.")
+                                         "interval. Click a point (or pick it below) for its neighbours; box select "
+                                         "or lasso (toolbar above the map) adds notes to the working set.")
 
     run.click(on_run, [dataset, names, modality, colour_by], [state, plot, status], api_name="explore_map")
 
@@ -214,14 +225,50 @@ def build(backend: Backend, dataset: gr.Dropdown):
 
     colour_by.change(on_select, [state, colour_by, note], [plot, near], api_name=False)
     note.input(on_select, [state, colour_by, note], [plot, near], api_name="explore_select")
-    clicked.input(lambda x: x or None, [clicked], [note], api_name=False).then(
+    def on_click(st, value, current):
+        """The note id of a clicked point, if it is one of the map's notes (the box is reachable by any client)."""
+        try:
+            payload = working_set.read_payload(value) or {}
+        except Exception as error:
+            message(error)
+            return gr.update()
+        note_id = payload.get("id")
+        if not st or not isinstance(note_id, str) or note_id not in set(st["ids"]):
+            return gr.update()
+        return refresh_notes(backend, st["dataset"], note_id, first_by_default=False)
+
+    # .change, not .input: Gradio's textbox reports "input" on key presses only, and the page sets the value.
+    clicked.change(on_click, [state, clicked, note], [note], api_name=False, show_progress="hidden").then(
         on_select, [state, colour_by, note], [plot, near], api_name=False)
+
+    def on_selection(st, value):
+        """Notes inside a box or lasso join the working set of the map's dataset."""
+        try:
+            payload = working_set.read_payload(value)
+            if not payload:
+                return gr.update(), gr.update()
+            if not st:
+                return gr.update(), f"{mark('warn')} Compute a map first."
+            ids = payload.get("ids")
+            before = len(backend.workbench.working_set(st["dataset"]).notes)
+            after = backend.workbench.working_set_add(st["dataset"], ids)
+        except Exception as error:
+            return gr.update(), f"{mark('warn')} {md(message(error))}"
+        added = len(after.notes) - before
+        return (working_set.summary_html(backend, st["dataset"]),
+                f"{mark('ok')} {len(ids)} notes selected, {added} new in the working set of **{md(st['dataset'])}**.")
+
+    selection.change(on_selection, [state, selection], [panel["summary"], panel["status"]], api_name=False,
+                     show_progress="hidden", trigger_mode="multiple", concurrency_limit=1,
+                     concurrency_id="working-set")
+
+    panel_refresh, _, panel_outputs = panel["refresh"]
 
     def refresh(ds, current, current_note):
         return (refresh_variants(backend, ds, current, multiselect=True, default_count=1),
-                refresh_notes(backend, ds, current_note, first_by_default=False))
+                refresh_notes(backend, ds, current_note, first_by_default=False), *panel_refresh(ds))
 
     # "controls" and "compute" let another tab open a map here (the Paper tab's aligned image-only maps).
-    return {"refresh": (refresh, [dataset, names, note], [names, note]),
+    return {"refresh": (refresh, [dataset, names, note], [names, note, *panel_outputs]),
             "controls": {"names": names, "modality": modality, "colour_by": colour_by},
             "compute": (on_run, [dataset, names, modality, colour_by], [state, plot, status])}

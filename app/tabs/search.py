@@ -1,5 +1,7 @@
 """Search tab: one query (a stored note or one composed here) -> its nearest notes under one variant, each card
-saying why it is there. Clicking a card searches from its note."""
+saying why it is there. Clicking a card searches from its note; its "related" / "not related" marks add the
+(query, result) pair to the dataset's working set (app/tabs/working_set.py) as a positive pair or a hard
+negative."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +9,11 @@ import logging
 import gradio as gr
 
 from app.backend import Backend, describe, message
-from app.render import badge, explanation, grid, md, note_card, notice, query_card, related_badge, warning_toast
+from app.render import badge, esc, explanation, grid, mark, md, note_card, notice, query_card, related_badge, warning_toast
+from app.tabs import working_set
 from app.tabs.common import (MODALITIES, MODALITY_HELP, Generations, compose_note, modality_label, neighbours,
                              note_choices, refresh_notes, refresh_variants, session_of, wire_note_search)
+from core.data.working_set import NOT_RELATED, RELATED
 from core.explain import has_image, has_text
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,18 @@ def query_gaps(row, query, modality: str, composed: bool = False) -> list[str]:
     return gaps
 
 
+def pair_marks(query_id: str, note_id: str, current: str | None) -> str:
+    """The "related" / "not related" toggles of a result card; the page script (assets/selections.js) sends a
+    click to the server and flips `data-mark` at once, the server keeps the mark in the working set."""
+    buttons = "".join(
+        f'<button type="button" class="wb-pair-mark {cls}" data-mark="{esc(value)}" '
+        f'title="{esc(hint)}">{esc(value)}</button>'
+        for value, cls, hint in ((RELATED, "related", "add (query, this note) to the working set as a related pair"),
+                                 (NOT_RELATED, "unrelated", "add (query, this note) to the working set as a hard negative")))
+    return (f'<div class="wb-pair-marks" data-query-id="{esc(query_id)}" data-note-id="{esc(note_id)}" '
+            f'data-mark="{esc(current or "")}">{buttons}</div>')
+
+
 def search(backend: Backend, dataset, source, note_id, title, content, topics, image, variant, modality, k,
            gate: bool = False):
     """(query card html, results html, summary markdown)."""
@@ -80,6 +96,12 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
         notices.append(notice(f"No explanations for these neighbours: {message(error)}", "error"))
     related = backend.related(dataset).get(note_id, set()) if note_id else set()
     query_text, query_image = has_text(query), has_image(query)
+    marks = None  # only a stored note can be one side of a pair
+    if note_id:
+        try:
+            marks = backend.workbench.working_set(dataset)
+        except Exception as error:
+            notices.append(notice(f"No related / not related marks: {message(error)}", "warn"))
     cards = []
     same_category = 0
     for hit, why in zip(rows, whys):
@@ -91,6 +113,8 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
             same_category += 1
             badges.append(badge("same category", "samecat"))
         block = explanation(why, query_text, query_image, row.reads_text, row.reads_image) if why else ""
+        if marks is not None:
+            block = pair_marks(note_id, note.note_id, marks.mark_of(note_id, note.note_id)) + block
         cards.append(note_card(note, rank=hit.rank, score=hit.score, badges=badges, why=block, clickable=True,
                                title_words=why.shared_words if why else (),
                                extra_class="is-related" if note.note_id in related else ""))
@@ -109,7 +133,8 @@ def search(backend: Backend, dataset, source, note_id, title, content, topics, i
                      + (f"; {ties} tied scores (ranks among ties are arbitrary)." if ties else "."))
         lines.append("Each card: its cosine to the query under text only and under image only (this variant's "
                      "own text-only and image-only vectors), shared topics and words marked. Click a card to "
-                     "search from its note.")
+                     "search from its note" + ("; mark it *related* or *not related* to collect training pairs "
+                                               "in the working set below." if note_id else "."))
     results = "".join(notices) + (grid(cards) if cards else notice("No neighbours returned.", "warn"))
     return query_card(query, label), results, "  \n".join(lines)
 
@@ -163,6 +188,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
     # Written by the page script when a result card is clicked (app/main.py).
     clicked = gr.Textbox(elem_id="search-click", elem_classes=["wb-hidden"], show_label=False, container=False,
                          lines=2)
+    # Written by the page script when a card's related / not related mark is clicked: JSON {query, note, mark}.
+    marked = gr.Textbox(elem_id="search-mark", elem_classes=["wb-hidden"], show_label=False, container=False)
+    panel = working_set.build(backend, dataset, "search")
     number = gr.State(0)
 
     source.change(lambda s: (gr.update(visible=s == FROM_DATASET), gr.update(visible=s == COMPOSE)),
@@ -198,11 +226,33 @@ def build(backend: Backend, dataset: gr.Dropdown):
     # .change, not .input: Gradio's textbox reports "input" on key presses only, and the page sets the value.
     clicked.change(start_from_card, [dataset, clicked], [note, source, number], **quick).then(
         on_search, inputs, outputs, api_name=False, **latest)
+    def on_mark(ds, value):
+        try:
+            payload = working_set.read_payload(value)
+            if not payload:
+                return gr.update(), gr.update()
+            query_id, note_id, kind = payload.get("query"), payload.get("note"), payload.get("mark") or None
+            backend.workbench.working_set_mark(ds, query_id, note_id, kind)
+        except Exception as error:
+            warning_toast(message(error)[:200])
+            return working_set.summary_html(backend, ds), f"{mark('warn')} {md(message(error))}"
+        said = {RELATED: "a related pair", NOT_RELATED: "a hard negative"}.get(kind, "unmarked")
+        return (working_set.summary_html(backend, ds),
+                f"{mark('ok')} {md(note_id)} for query {md(query_id)}: {said}.")
+
+    # Every mark counts ("multiple"), in the order given (one at a time), so quick marks are neither lost nor
+    # shown out of order.
+    marked.change(on_mark, [dataset, marked], [panel["summary"], panel["status"]], api_name=False,
+                  show_progress="hidden", trigger_mode="multiple", concurrency_limit=1,
+                  concurrency_id="working-set")
     variant.change(lambda ds, v: f"{describe(v, backend.variant_row(ds, v))}" if v else "",
                    [dataset, variant], variant_info, api_name=False)
 
+    panel_refresh, _, panel_outputs = panel["refresh"]
+
     def refresh(ds, current_note, current_variant):
         return (refresh_notes(backend, ds, current_note, chosen_by_data=True),
-                refresh_variants(backend, ds, current_variant))
+                refresh_variants(backend, ds, current_variant), *panel_refresh(ds))
 
-    return {"refresh": (refresh, [dataset, note, variant], [note, variant]), "note": note, "variant": variant}
+    return {"refresh": (refresh, [dataset, note, variant], [note, variant, *panel_outputs]), "note": note,
+            "variant": variant}
