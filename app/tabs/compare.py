@@ -6,8 +6,8 @@ import pandas as pd
 
 from app.backend import Backend, describe, message
 from app.render import badge, esc, mark, md, note_card, notice, query_card, related_badge, warning_toast
-from app.tabs.common import (MODALITIES, MODALITY_HELP, modality_label, neighbours, refresh_notes, refresh_variants,
-                             wire_note_search)
+from app.tabs.common import (MODALITIES, MODALITY_HELP, Generations, modality_label, neighbours, refresh_notes,
+                             refresh_variants, session_of, wire_note_search)
 from core.analysis.compare import compare_neighbour_lists
 from core.workbench import MODALITIES as MODALITY_NAMES
 
@@ -105,6 +105,21 @@ def compare(backend: Backend, dataset, note_id, names, modality, k):
     return query_card(query), side, frame, summary
 
 
+def guarded_compare(backend: Backend, generations: Generations, session: str, number, *args):
+    """`compare`, unless a newer comparison of the same session was asked for before it started or while it
+    ran (another note, the Compare button again, a row opened from the Paper tab): then nothing on the page
+    changes (gr.skip), and the newer one fills it. The first comparison of variants that were never encoded
+    takes minutes, so an older answer arriving last is the common case, not a corner."""
+    skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    if generations.superseded(session, number):
+        return skip
+    try:
+        out = compare(backend, *args)
+    except Exception as error:
+        out = ("", notice(message(error), "error"), pd.DataFrame(), "")
+    return skip if generations.superseded(session, number) else out
+
+
 def recall_table(backend: Backend, dataset, names, subset, progress=gr.Progress()):
     """Recall@k of the chosen variants on the test split, every modality; (table, markdown)."""
     if not dataset:
@@ -152,6 +167,7 @@ def format_recall(backend: Backend, dataset, frame: pd.DataFrame, subset: str = 
 
 
 def build(backend: Backend, dataset: gr.Dropdown):
+    generations = Generations()
     with gr.Row():
         note = gr.Dropdown(label="Query note", choices=[], allow_custom_value=True, scale=3, elem_id="compare-note")
         wire_note_search(backend, dataset, note)
@@ -178,15 +194,21 @@ def build(backend: Backend, dataset: gr.Dropdown):
                                                "R@100"]), label="Recall@k (press Compute)", interactive=False,
                          wrap=True, elem_id="recall-table")
 
-    def on_compare(ds, n, v, m, kk):
-        try:
-            return compare(backend, ds, n, v, m, kk)
-        except Exception as error:
-            return "", notice(message(error), "error"), pd.DataFrame(), ""
+    number = gr.State(0)  # this session's newest comparison (Generations)
 
-    run.click(on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary],
-              api_name="compare")
-    note.input(on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary], api_name=False)
+    def on_compare(ds, n, v, m, kk, gen, request: gr.Request):
+        return guarded_compare(backend, generations, session_of(request), gen, ds, n, v, m, kk)
+
+    def start(request: gr.Request):
+        return generations.begin(session_of(request))
+
+    inputs, outputs = [dataset, note, names, modality, k, number], [query_html, side, overlap, summary]
+    # As in Search: each trigger takes a number at once (never queued behind a comparison), then compares;
+    # a comparison that finishes after a newer one was asked for leaves the page to the newer one.
+    quick = dict(api_name=False, show_progress="hidden", concurrency_limit=None, trigger_mode="multiple")
+    latest = dict(trigger_mode="always_last", concurrency_id="compare")
+    run.click(start, None, [number], **quick).then(on_compare, inputs, outputs, api_name="compare", **latest)
+    note.input(start, None, [number], **quick).then(on_compare, inputs, outputs, api_name=False, **latest)
 
     def on_eval(ds, v, s, progress=gr.Progress()):
         try:
@@ -203,7 +225,9 @@ def build(backend: Backend, dataset: gr.Dropdown):
         return (refresh_notes(backend, ds, current_note, chosen_by_data=True),
                 refresh_variants(backend, ds, current, multiselect=True, default_count=2), eval_update)
 
-    # "controls" and "compare" let another tab open a query here (the Paper tab's per-query rows).
+    # "controls", "compare" and "guard" let another tab open a query here (the Paper tab's per-query rows):
+    # it takes a number from the guard when it asks, so its comparison and this tab's own supersede each other.
+    guard = {"number": number, "begin": generations.begin, "superseded": generations.superseded}
     return {"refresh": (refresh, [dataset, note, names, eval_names], [note, names, eval_names]),
             "controls": {"note": note, "names": names, "modality": modality, "k": k},
-            "compare": (on_compare, [dataset, note, names, modality, k], [query_html, side, overlap, summary])}
+            "compare": (on_compare, inputs, outputs), "guard": guard}

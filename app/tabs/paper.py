@@ -11,7 +11,7 @@ import gradio as gr
 
 from app.backend import Backend, message
 from app.render import esc, md, notice
-from app.tabs.common import MODALITIES, refresh_notes
+from app.tabs.common import MODALITIES, refresh_notes, session_of
 from core.errors import WorkbenchError
 
 ROWS_PER_SIDE = 40
@@ -281,28 +281,31 @@ def link(backend: Backend, dataset, tab_set: gr.Tabs, paper_tab: tuple, compare_
 
     compare_controls = compare_handles["controls"]
     compare_fn, _, compare_outputs = compare_handles["compare"]
+    guard = compare_handles["guard"]  # the Compare tab's newest-comparison numbers, shared with its own button
 
-    def open_in_compare(ds, va, vb, m, evt: gr.EventData):
+    def open_in_compare(ds, va, vb, m, evt: gr.EventData, request: gr.Request):
         note_id = (getattr(evt, "_data", None) or {}).get("note_id")
         if not ds or not note_id:
-            return gr.update(), None, gr.update()
+            return gr.update(), None, gr.update(), gr.update()
         # The query shows at once; its neighbours follow (the first time, both variants encode the dataset).
         return (gr.Tabs(selected="compare"), {"note": str(note_id), "names": [n for n in (va, vb) if n],
-                                              "modality": m or "both"}, refresh_notes(backend, ds, str(note_id)))
+                                              "modality": m or "both"}, refresh_notes(backend, ds, str(note_id)),
+                guard["begin"](session_of(request)))
 
-    def run_compare(ds, request, k):
-        if not request:
+    def run_compare(ds, pending_request, k, number, request: gr.Request):
+        if not pending_request:
             return tuple(gr.update() for _ in range(len(compare_outputs) + 3))
-        try:
-            shown = compare_fn(ds, request["note"], request["names"], request["modality"], k)
-        except Exception as error:
-            shown = ("", notice(message(error), "error"), gr.update(), "")
-        return (*shown, refresh_notes(backend, ds, request["note"]), gr.update(value=request["names"]),
-                gr.update(value=request["modality"]))
+        shown = compare_fn(ds, pending_request["note"], pending_request["names"], pending_request["modality"], k,
+                           number, request)
+        if guard["superseded"](session_of(request), number):
+            # A newer comparison was asked for on the Compare tab: its controls and result stay on screen.
+            return tuple(gr.skip() for _ in range(len(compare_outputs) + 3))
+        return (*shown, refresh_notes(backend, ds, pending_request["note"]),
+                gr.update(value=pending_request["names"]), gr.update(value=pending_request["modality"]))
 
     controls["ranks"].click(open_in_compare, [dataset, controls["a"], controls["b"], controls["modality"]],
-                            [tab_set, pending, compare_controls["note"]], api_name=False).then(
-        run_compare, [dataset, pending, compare_controls["k"]],
+                            [tab_set, pending, compare_controls["note"], guard["number"]], api_name=False).then(
+        run_compare, [dataset, pending, compare_controls["k"], guard["number"]],
         [*compare_outputs, compare_controls["note"], compare_controls["names"], compare_controls["modality"]],
         api_name=False)
 
