@@ -463,6 +463,47 @@ class Workbench:
 
         return export_dataset(self.workspace, dataset, out, formats, neighbours, progress)
 
+    def import_files(self, name: str, notes: str | Path, pairs: str | Path | None = None,
+                     images: str | Path | None = None, skip_bad: bool = False, progress: Callable | None = None):
+        """Import an upload whatever its notes file is: CSV / JSONL (the upload format) or a Parquet table
+        (bytes or paths in its image column; core.data.bridges). Pairs and images as for that format. Returns
+        the store's ImportReport; nothing changes on bad input."""
+        from core.data.bridges import table_format
+
+        if table_format(notes) == "parquet":
+            return self.import_table(name, notes, pairs, images, skip_bad=skip_bad, progress=progress)
+        if pairs is not None and table_format(pairs) is not None:
+            raise WorkbenchError(f"{Path(pairs).name}: Parquet pairs go with a Parquet notes file; "
+                                 "give the pairs as .csv (note_id_1,note_id_2)")
+        return self.store.import_dataset(name, notes, pairs, images, skip_bad=skip_bad, progress=progress)
+
+    def export_archive(self, dataset: str, archive: str | Path, neighbours: int = 10,
+                       progress: Callable | None = None) -> dict:
+        """`export_dataset` in both formats, packed into one .zip at `archive` (a folder `<dataset>/` inside):
+        the file a browser downloads. Written whole or not at all; the unpacked folder does not stay."""
+        import os
+        import shutil
+        import tempfile
+        import zipfile
+
+        check_dataset_name(dataset)
+        archive = Path(archive)
+        scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=archive.parent))
+        staging = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+        try:
+            folder = scratch / dataset
+            manifest = self.export_dataset(dataset, folder, "both", neighbours, progress)
+            # Parquet and images are compressed already: deflating them again costs time for nothing.
+            with zipfile.ZipFile(staging, "w") as packed:
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    kind = zipfile.ZIP_DEFLATED if path.suffix in (".csv", ".json") else zipfile.ZIP_STORED
+                    packed.write(path, f"{dataset}/{path.relative_to(folder).as_posix()}", compress_type=kind)
+            os.replace(staging, archive)
+        finally:
+            staging.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return manifest
+
     # ------------------------------------------------------------------------------------ working sets
     # Notes picked on a map and search results marked (not) related, per dataset, on their way to training
     # data (core/data/working_set.py). Every id is checked against the dataset; an unknown one changes nothing.

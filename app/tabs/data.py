@@ -1,4 +1,5 @@
-"""Data tab: import an upload (atomic, with a validation report), browse a dataset, its statistics."""
+"""Data tab: import an upload (atomic, with a validation report), browse a dataset, its statistics, and
+export it with what the workspace computed on it (one .zip of Parquet and CSV files)."""
 from __future__ import annotations
 
 import csv
@@ -21,6 +22,9 @@ PROBLEMS_SHOWN = 1_000  # rows of the validation table sent to the page; the ful
 REPORT_COLUMNS = ["kind", "file", "row", "reason"]
 REPORTS_DIR = Path(tempfile.gettempdir()) / "notellm2-reports"
 REPORT_MAX_AGE_S = 3600
+EXPORTS_DIR = Path(tempfile.gettempdir()) / "notellm2-exports"
+NOTES_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
+PARQUET = (".parquet", ".pq")
 
 
 def datasets_table(backend: Backend) -> pd.DataFrame:
@@ -45,12 +49,16 @@ def check_upload(name: str, notes_file, pairs_file, images_zip) -> str | None:
         return "Give the dataset a name."
     notes = _path(notes_file)
     if not notes:
-        return "Choose a notes file (.csv or .jsonl with note_id, title, content, image[, topics][, category])."
-    if Path(notes).suffix.lower() not in (".csv", ".jsonl", ".json"):
-        return f"The notes file must be .csv or .jsonl, not {Path(notes).name}."
+        return ("Choose a notes file (.csv or .jsonl with note_id, title, content, image[, topics][, category], "
+                "or a .parquet table with those columns).")
+    if Path(notes).suffix.lower() not in NOTES_SUFFIXES:
+        return f"The notes file must be .csv, .jsonl or .parquet, not {Path(notes).name}."
     pairs = _path(pairs_file)
-    if pairs and Path(pairs).suffix.lower() != ".csv":
-        return f"The pairs file must be .csv (note_id_1,note_id_2), not {Path(pairs).name}."
+    parquet_notes = Path(notes).suffix.lower() in PARQUET
+    pair_suffixes = (".csv", *PARQUET) if parquet_notes else (".csv",)
+    if pairs and Path(pairs).suffix.lower() not in pair_suffixes:
+        return (f"The pairs file must be .csv (note_id_1,note_id_2){' or .parquet' if parquet_notes else ''}, "
+                f"not {Path(pairs).name}.")
     images = _path(images_zip)
     if images:
         if Path(images).suffix.lower() != ".zip":
@@ -76,8 +84,9 @@ def import_upload(backend: Backend, name, notes_file, pairs_file, images_zip, sk
         progress((done, max(total, 1)), desc=msg)
 
     try:
-        report = backend.store.import_dataset(name, _path(notes_file), _path(pairs_file), _path(images_zip),
-                                              skip_bad=bool(skip_bad), progress=report_progress)
+        # CSV / JSONL or Parquet (image bytes in the table, or paths into the zip): the Workbench routes it.
+        report = backend.workbench.import_files(name, _path(notes_file), _path(pairs_file), _path(images_zip),
+                                                skip_bad=bool(skip_bad), progress=report_progress)
     except Exception as error:
         rows = [{"kind": "problem", "file": p[0] if len(p) > 0 else "", "row": p[1] if len(p) > 1 else "",
                  "reason": p[2] if len(p) > 2 else str(p)} for p in _problems(error)]
@@ -118,6 +127,62 @@ def problem_report(rows: list[dict]) -> tuple[pd.DataFrame, str, str | None]:
         more = (f"\n\nThe table shows the first {PROBLEMS_SHOWN:,} of {len(rows):,} problems "
                 f"({len(rows) - PROBLEMS_SHOWN:,} more in the downloadable report).")
     return pd.DataFrame(rows[:PROBLEMS_SHOWN], columns=REPORT_COLUMNS), more, path
+
+
+def _forget_old(folder: Path, pattern: str) -> None:
+    """Files a past request left for Gradio to serve: it keeps its own copy, so ours need not outlive an hour."""
+    for old in folder.glob(pattern):
+        try:
+            if time.time() - old.stat().st_mtime > REPORT_MAX_AGE_S:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # another request removed it first
+
+
+def export_selected(backend: Backend, dataset, neighbours, progress=gr.Progress()):
+    """(status markdown, the .zip's path or None): the dataset with its images, and the vectors, neighbours,
+    maps and evaluations the workspace has computed on it, as Parquet (and CSV for the tables)."""
+    if not dataset:
+        return f"{mark('error')} Choose the dataset to export in the menu above.", None
+    try:
+        k = int(neighbours if neighbours not in (None, "") else 10)
+    except (TypeError, ValueError):
+        return f"{mark('error')} Neighbours must be a whole number (0 for none).", None
+    EXPORTS_DIR.mkdir(exist_ok=True)
+    _forget_old(EXPORTS_DIR, "*.zip")
+    archive = EXPORTS_DIR / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.zip"
+
+    def report_progress(done, total, msg):
+        progress((done, max(total, 1)), desc=msg)
+
+    try:
+        manifest = backend.workbench.export_archive(dataset, archive, neighbours=k, progress=report_progress)
+    except Exception as error:
+        text = message(error)
+        warning_toast(f"Nothing exported: {text.splitlines()[0][:200]}")
+        return f"{mark('error')} **Nothing exported.** {md(text)}", None
+    info_toast(f"Exported '{dataset}'")
+    return export_summary(manifest), str(archive)
+
+
+def export_summary(manifest: dict) -> str:
+    """What an export holds and what it left out, in Markdown (every name escaped)."""
+    written = manifest.get("written", [])
+    vectors = manifest.get("vectors", [])
+    maps = [Path(p).stem for p in written if p.startswith("maps/") and p.endswith(".parquet")]
+    lines = [f"{mark('ok')} **{md(manifest['dataset'])}**: {manifest['notes']:,} notes, {manifest['pairs']:,} "
+             "pairs and their images as `notes.parquet` (a Hugging Face Image column) and `notes.csv` + "
+             "`images/` (the upload format)."]
+    if vectors:
+        lines.append(f"Vectors of {', '.join(md(v) for v in vectors)} (`vectors/`), their exact neighbours "
+                     f"(`neighbours/`){', maps of ' + ', '.join(md(m) for m in maps) + ' (`maps/`)' if maps else ''}.")
+    if manifest.get("metrics"):
+        lines.append(f"{manifest['metrics']} current evaluation(s) in `metrics.parquet`.")
+    left_out = manifest.get("left_out", [])
+    if left_out:
+        lines.append("Left out: " + "; ".join(md(reason) for reason in left_out[:8])
+                     + (f"; and {len(left_out) - 8} more (see `manifest.json`)." if len(left_out) > 8 else "."))
+    return "  \n".join(lines)
 
 
 def discard_uploads(*files) -> None:
@@ -223,11 +288,15 @@ def build(backend: Backend, dataset: gr.Dropdown):
     with gr.Accordion("Import a dataset", open=False):
         gr.Markdown("`notes.csv` or `.jsonl` with `note_id,title,content,image[,topics][,category]` "
                     "(NoteLLM's `noteid,title,content,imgid,category` works as is); `pairs.csv` with "
-                    "`note_id_1,note_id_2`; images as a `.zip` whose file names match the `image` column.")
+                    "`note_id_1,note_id_2`; images as a `.zip` whose file names match the `image` column. "
+                    "A `.parquet` table with the same columns works too: its image column holds the image bytes "
+                    "(or a Hugging Face Image column) or paths into the `.zip`; its pairs may be `.parquet`.")
         with gr.Row():
             name = gr.Textbox(label="Dataset name", placeholder="my-notes", scale=1)
-            notes_file = gr.File(label="Notes (.csv / .jsonl)", file_types=[".csv", ".jsonl", ".json"], scale=1)
-            pairs_file = gr.File(label="Related pairs (.csv)", file_types=[".csv"], scale=1)
+            notes_file = gr.File(label="Notes (.csv / .jsonl / .parquet)", file_types=list(NOTES_SUFFIXES),
+                                 scale=1, elem_id="import-notes")
+            pairs_file = gr.File(label="Related pairs (.csv / .parquet)", file_types=[".csv", *PARQUET], scale=1,
+                                 elem_id="import-pairs")
             images_zip = gr.File(label="Images (.zip)", file_types=[".zip"], scale=1)
         with gr.Row():
             skip_bad = gr.Checkbox(label="Skip bad rows (import the rest, list the skipped ones)", value=False)
@@ -236,6 +305,18 @@ def build(backend: Backend, dataset: gr.Dropdown):
         problems = gr.Dataframe(label=f"Validation report: rows left out or refused (the first {PROBLEMS_SHOWN:,})",
                                 interactive=False, wrap=True, max_height=240)
         report_file = gr.File(label="Full validation report (CSV)", interactive=False, elem_id="import-report-file")
+    with gr.Accordion("Export this dataset", open=False):
+        gr.Markdown("One `.zip` of the dataset chosen above: notes and pairs as Parquet and CSV with the images, "
+                    "and what this workspace has computed on it: the vectors of every variant encoded on it "
+                    "(Search, Compare or `python -m core encode` fill them), their exact nearest neighbours, "
+                    "the Explore maps already drawn, and current evaluations. pandas, Hugging Face `datasets`, "
+                    "Embedding Atlas and FiftyOne open the Parquet files; Import reads `notes.parquet` back.")
+        with gr.Row():
+            export_k = gr.Number(value=10, precision=0, minimum=0, label="Neighbours per note (0: none)", scale=1,
+                                 elem_id="export-k")
+            export_btn = gr.Button("Export", scale=1, elem_id="export-btn")
+        export_report = gr.Markdown(elem_id="export-report")
+        export_file = gr.File(label="Export (.zip)", interactive=False, elem_id="export-file")
     with gr.Accordion("Delete a dataset", open=False):
         gr.Markdown("Deletes the dataset chosen in the menu above, the images no other dataset uses and the "
                     "vectors cached for it. Trained runs are kept. Refused while a job is using it.")
@@ -257,6 +338,11 @@ def build(backend: Backend, dataset: gr.Dropdown):
 
     import_btn.click(on_import, [name, notes_file, pairs_file, images_zip, skip_bad],
                      [import_report, problems, table, dataset, report_file], api_name="import_dataset")
+
+    def on_export(ds, k, progress=gr.Progress()):
+        return export_selected(backend, ds, k, progress)
+
+    export_btn.click(on_export, [dataset, export_k], [export_report, export_file], api_name="export_dataset")
 
     def on_delete(ds, typed):
         status, datasets, choice = delete_selected(backend, ds, typed)
