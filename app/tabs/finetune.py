@@ -20,6 +20,16 @@ from core.workbench import Job, JobState
 
 PRESETS = preset_descriptions()  # name -> one line, from core's preset table
 POLL_S = 1.5
+LOG_HEIGHT_PX = 240  # the log box's one height: lines arriving scroll inside it, the page below never moves
+# The text block is never shorter than the box: with only min_height / max_height the box shrank to its text
+# for a moment at every update, shaking the page below. Its top padding keeps the first line clear of the
+# floating "Log" label; lines stay whole and monospace (a progress line is read as a line).
+LOG_CSS = f"""
+.wb-log {{ box-sizing: border-box; min-height: {LOG_HEIGHT_PX - 26}px; margin: 0; padding: 30px 10px 6px;
+          font-family: var(--font-mono); font-size: 12px; line-height: 1.45; white-space: pre-wrap;
+          overflow-wrap: anywhere; }}
+.wb-log.empty {{ color: var(--body-text-color-subdued); font-family: inherit; }}
+"""
 
 
 def variant_of(image_mode: str, late: bool) -> str:
@@ -80,6 +90,22 @@ def form_of(request) -> tuple:
     return (mode, late, request.preset if request.preset in PRESETS else gr.update(), request.steps or gr.update(),
             request.run, o.get("batch_pairs"), o.get("lr_llm"), o.get("lr_new"), o.get("llm") or "",
             o.get("vision") or "", o.get("llm_tuning") or "preset")
+
+
+def log_html(text: str | None) -> str:
+    """The job's log tail as escaped HTML for the log box (it holds what the worker printed, paths and all)."""
+    if not text:
+        return '<pre class="wb-log empty">No log yet.</pre>'
+    return f'<pre class="wb-log">{esc(text)}</pre>'
+
+
+def log_box() -> gr.HTML:
+    """A box of one fixed height (min = max) that scrolls inside and follows new lines at its bottom (Gradio's
+    autoscroll: unless the reader scrolled up to read). A Textbox grew from 8 to 14 lines as lines came in,
+    pushing the page, and then stayed at its top."""
+    return gr.HTML(log_html(None), label="Log", show_label=True, container=True, min_height=LOG_HEIGHT_PX,
+                   max_height=LOG_HEIGHT_PX, autoscroll=True, css_template=LOG_CSS, js_on_load=None,
+                   elem_id="ft-log")
 
 
 def progress_html(job: Job | None) -> str:
@@ -151,7 +177,7 @@ def poll(backend: Backend, job_id, last_state, dataset=None):
     changed signal). The signal gets a new value when the job has just ended: the page refreshes its
     banner and variant lists then."""
     if not job_id:
-        return (progress_html(None), gr.update(), "", last_state, gr.Timer(active=False),
+        return (progress_html(None), gr.update(), log_html(None), last_state, gr.Timer(active=False),
                 gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=False),
                 dataset_note(dataset), gr.update())
     job = backend.workbench.job(job_id)
@@ -167,7 +193,7 @@ def poll(backend: Backend, job_id, last_state, dataset=None):
         else:
             warning_toast(f"Run '{job.run}' {job.state.value}: {job.message}"[:200])
     resumable = job.state in (JobState.CANCELLED, JobState.FAILED)
-    return (progress_html(job) + image_path_warning(events), curves(events), job.log_tail, job.state.value,
+    return (progress_html(job) + image_path_warning(events), curves(events), log_html(job.log_tail), job.state.value,
             gr.Timer(active=active),
             gr.update(interactive=not active), gr.update(interactive=active), gr.update(interactive=resumable),
             dataset_note(dataset, job), changed)
@@ -208,7 +234,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
         with gr.Column(scale=3):
             progress = gr.HTML(progress_html(None), elem_id="ft-progress")
             plot = gr.Plot(show_label=False, elem_id="ft-curves")
-            log = gr.Textbox(label="Log", lines=8, max_lines=14, autoscroll=True, elem_id="ft-log")
+            log = log_box()
     timer = gr.Timer(POLL_S, active=False)
 
     def describe_variant(mode, lt):
@@ -224,7 +250,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
         try:
             return poll(backend, j, s, ds)
         except Exception as error:
-            return (f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update(), "", s,
+            return (f'<div class="wb-notice error">{esc(message(error))}</div>', gr.update(), gr.update(), s,
                     gr.Timer(active=False), gr.update(interactive=True), gr.update(), gr.update(), gr.update(),
                     gr.update())
 
@@ -245,7 +271,7 @@ def build(backend: Backend, dataset: gr.Dropdown, runs_changed: gr.Textbox | Non
 
     def on_stop(j):
         if not j:
-            return "No job to stop."
+            return log_html("No job to stop.")
         try:
             backend.workbench.cancel_job(j)
             info_toast("Stopping: the job saves a checkpoint you can resume.")
