@@ -94,7 +94,7 @@ def build(backend: Backend, dataset: gr.Dropdown, prefix: str, open_: bool = Tru
             clear_notes = gr.Button("Clear picked notes", size="sm", elem_id=f"{prefix}-ws-clear-notes")
             clear_marks = gr.Button("Clear marks", size="sm", elem_id=f"{prefix}-ws-clear-marks")
         files = gr.File(label="pairs.csv (note_id_1,note_id_2), hard_negatives.csv (query_id,negative_id), "
-                              "working_set_notes.csv", file_count="multiple", interactive=False, height=140,
+                              "working_set_notes.csv", file_count="multiple", interactive=False, visible=False,
                         elem_id=f"{prefix}-ws-files")
         with gr.Row():
             name = gr.Textbox(label="New dataset name", max_lines=1, scale=2, elem_id=f"{prefix}-ws-name")
@@ -118,7 +118,9 @@ def build(backend: Backend, dataset: gr.Dropdown, prefix: str, open_: bool = Tru
             written = backend.workbench.working_set_export(ds, folder)
         except Exception as error:
             return gr.update(), f"{mark('warn')} {md(message(error))}"
-        return [str(p) for p in written.values()], f"{mark('ok')} Exported the working set of **{md(ds)}**."
+        # Shown once there is something to download: an empty file box is a large blank on the page.
+        return (gr.update(value=[str(p) for p in written.values()], visible=True),
+                f"{mark('ok')} Exported the working set of **{md(ds)}**.")
 
     def on_clear(ds, what):
         try:
