@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.backend import SHIPPED_CHECKPOINTS, Backend
-from app.render import md
+from app.render import mark, md
 from app.tabs import attention, compare, data, explore, finetune, runs, search
 from app.tabs import paper
 from core.workspace import REPO_ROOT
@@ -47,16 +47,16 @@ def banner(backend: Backend, dataset) -> str:
     s = backend.startup
     parts = []
     if s.state in ("pending", "running"):
-        parts.append(f"⏳ Starting up: {s.message}")
+        parts.append(f"{mark('info')} Starting up: {md(s.message)}")
     elif s.state == "failed":
-        parts.append(f"⚠️ Start-up problem: {md(s.message)}")
+        parts.append(f"{mark('error')} Start-up problem: {md(s.message)}")
     variants = backend.variants(dataset) if dataset else []
     runs = [v for v in variants if not v.zero_shot]
     zero = [v for v in variants if v.zero_shot]
     if not runs:
         shipped = "no demo checkpoints are shipped yet" if not backend.demo_checkpoints() else \
             "the shipped demo checkpoints are not installed in this workspace"
-        parts.append(f"ℹ️ No trained variant for **{md(dataset)}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "
+        parts.append(f"{mark('info')} No trained variant for **{md(dataset)}** ({shipped}, {SHIPPED_CHECKPOINTS.relative_to(REPO_ROOT)}/). "
                      f"The {len(zero)} zero-shot baselines work now; train a variant in **Fine-tune** "
                      "(preset *tiny*: seconds, *cpu*: minutes).")
     else:

@@ -127,3 +127,18 @@ def test_the_start_up_poll_leaves_the_dataset_picker_alone_once_ready(tmp_path, 
     assert "choices" not in picker and "value" not in picker and timer.active
     backend.startup.warming = False
     assert not startup_tick(backend, "mine")[2].active
+
+
+def test_banner_status_lines_use_css_marks_and_escape_the_message(tmp_path, monkeypatch):
+    """Emoji render as empty boxes in a browser without emoji fonts, and a start-up failure must carry the
+    error mark the browser tests look for; the message may quote a file name, so it is escaped."""
+    monkeypatch.setenv("NOTELLM2_CHECKPOINTS", str(tmp_path / "none"))
+    backend = Backend(tmp_path / "ws")
+    backend.startup = Startup(state="failed", message="bad <b>notes.csv</b>")
+    failed = banner(backend, None)
+    assert 'class="wb-mark error"' in failed and "<b>notes.csv</b>" not in failed
+    backend.startup = Startup(state="running", message="importing <i>x</i>")
+    running = banner(backend, None)
+    assert 'class="wb-mark info"' in running and "<i>x</i>" not in running
+    for text in (failed, running):
+        assert not any(0x2300 <= ord(ch) <= 0x2BFF or ord(ch) >= 0x1F000 for ch in text), text
