@@ -53,3 +53,32 @@ def test_paper_compares_basic_with_notellm2_and_opens_a_query_in_compare(page, a
     assert query_title.strip()[:20] in page.locator("#compare-query").inner_text()
     shot(page, "10-paper-to-compare")
 
+
+
+def test_the_maps_button_opens_explore_on_the_aligned_image_only_maps(page, app):
+    open_tab(page, "Paper")
+    page.wait_for_selector("#paper-explore-btn", state="visible")
+    page.locator("#paper-explore-btn").click()
+    page.wait_for_selector("#tab-explore", state="visible")
+    # The first map encodes the dataset under both runs (image only) and compiles UMAP's numba code.
+    page.wait_for_function("""() => {
+        const gd = document.querySelector('#explore-map .js-plotly-plot');
+        return gd && gd._fullLayout && gd._fullLayout.xaxis2 !== undefined && gd._fullData.length > 0;
+    }""", timeout=SLOW)
+    titles = page.evaluate("""() => (document.querySelector('#explore-map .js-plotly-plot')._fullLayout
+                              .annotations || []).map((a) => a.text)""")
+    # Two subplots, basic first and NoteLLM-2 second, each titled with its run.
+    assert len(titles) == 2 and titles[0].startswith("tiny-basic") and titles[1].startswith("tiny-micl-late"), titles
+    points = page.evaluate("""() => document.querySelector('#explore-map .js-plotly-plot')._fullData
+                              .filter((t) => t.type === 'scattergl')
+                              .reduce((n, t) => n + Array.from(t.x || []).length, 0)""")
+    assert points == 2 * 600  # every note of the sample on each map
+    # The Explore controls say what is shown: both runs, image only.
+    page.wait_for_function("(() => { const text = document.querySelector('#explore-variants').innerText;"
+                           " return text.includes('tiny-basic') && text.includes('tiny-micl-late'); })()")
+    assert "modality image" in page.locator("#tab-explore").inner_text()
+    checked = page.evaluate("""() => [...document.querySelectorAll('#tab-explore input[type=radio]:checked')]
+                               .map((input) => input.closest('label').innerText.trim())""")
+    assert "image only" in checked, checked
+    assert page.locator("#paper-maps-note").inner_text().strip() == ""  # no "train them first" sentence
+    shot(page, "11-paper-to-explore-maps")
