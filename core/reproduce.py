@@ -522,7 +522,10 @@ def _plan_meta(plan: ReproducePlan) -> dict:
     return {key: shown(value) for key, value in asdict(plan).items()}
 
 
-_SAME_TABLE = ("dataset", "steps", "preset", "batch_pairs", "main_seeds", "other_seeds")
+# What makes two passes parts of one table: the budget every run trains for. Not the variants or the seed
+# counts: a table is filled over several sittings (one variant, then the others, then more seeds), and the
+# pass that trained a run stays the one that reports its wall time.
+_SAME_TABLE = ("dataset", "steps", "preset", "batch_pairs")
 
 
 def _earlier_passes(plan: ReproducePlan, workspace: Workspace) -> list[dict]:

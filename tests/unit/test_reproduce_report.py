@@ -204,6 +204,10 @@ def test_a_rerun_remembers_the_pass_that_trained_the_runs(tmp_path):
 
     other = ReproducePlan(dataset="toy", steps=50, variants=("basic",), main_seeds=(0,), results_dir=plan.results_dir)
     assert _earlier_passes(other, workspace) == []  # another budget is another table
+    # The same budget filled over sittings: more variants, more seeds. The pass that trained `basic` stays.
+    wider = ReproducePlan(dataset="toy", variants=("basic", "micl"), main_seeds=(0, 1, 2),
+                          results_dir=plan.results_dir)
+    assert _earlier_passes(wider, workspace) == passes
 
 
 def test_saliency_rise_is_tested_over_paired_batches_and_told_apart_from_the_slot():
