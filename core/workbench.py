@@ -1065,7 +1065,11 @@ def _reproduction_folder(root: Path, dataset: str) -> tuple[Path, bool] | None:
         if not plan.get("dataset") or trained_on != dataset:
             continue
         folder = ablation.parent
-        report = folder / "RESULTS.md" if (folder / "RESULTS.md").is_file() else folder.parent / "RESULTS.md"
+        # The folder's own report first (`reproduce --results-dir` writes RESULTS.md; the repository keeps the
+        # openclipart one as REPRODUCTION.md beside the hand-written RESULTS.md above it, whose opening
+        # paragraph links the superseded table and must not mark the current one superseded).
+        report = next((candidate for candidate in (folder / "RESULTS.md", folder / "REPRODUCTION.md")
+                       if candidate.is_file()), folder.parent / "RESULTS.md")
         try:
             superseded = "superseded" in report.read_text()[:600].lower()
         except OSError:

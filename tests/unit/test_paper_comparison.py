@@ -110,3 +110,16 @@ def test_claims_say_why_they_are_not_judged(workbench, tmp_path):
     old = workbench.paper_claims("toy", tmp_path / "results")
     assert not old.judged and old.superseded and "no per-query ranks" in old.note and "superseded" in old.note
     assert PAPER_K == 10
+
+
+def test_the_current_reproduction_is_not_marked_superseded_by_the_summary_above_it(workbench, tmp_path):
+    """The repository's layout: results/ablation.json with its report as results/REPRODUCTION.md, under a
+    hand-written RESULTS.md whose opening links the superseded table. The word in the summary's link must
+    not mark the current reproduction superseded."""
+    hits = {("basic", "both"): 40, ("basic", "text"): 40, ("micl", "both"): 60}
+    folder = tmp_path / "repo" / "results"
+    _write_reproduction(folder, "toy", _per_query(100, hits))
+    (folder / "REPRODUCTION.md").write_text("# Reproducing NoteLLM-2's findings on `toy`\n")
+    (folder.parent / "RESULTS.md").write_text("# Results\n\nThe old table is kept in results/superseded-x/.\n")
+    claims = workbench.paper_claims("toy", folder)
+    assert claims.judged and not claims.superseded
