@@ -59,14 +59,22 @@ INSIDE = """([subplot, left, top, right, bottom]) => {
 }"""
 
 
-def two_maps(page):
+def two_maps(page, app):
     """The Explore tab with both tiny runs on aligned maps."""
     open_tab(page, "Explore")
     page.wait_for_function("document.querySelectorAll('#explore-variants .token, #explore-variants "
                            "[class*=token]').length >= 1")
-    if page.locator("#explore-variants div.token").count() < 2:
-        pick(page, "explore-variants", "tiny-basic")
-        page.keyboard.press("Escape")
+    # The default selection is one of the two tiny runs, whichever the variant list puts first (they train at
+    # the same time, so either may): add the other one. Picking a selected option again would unselect it.
+    for run in app.runs:
+        chosen = page.locator("#explore-variants div.token").all_inner_texts()
+        if len(chosen) >= 2:
+            break
+        if not any(run in text for text in chosen):
+            pick(page, "explore-variants", run)
+            page.keyboard.press("Escape")
+    chosen = page.locator("#explore-variants div.token").all_inner_texts()
+    assert len(chosen) == 2 and all(any(run in text for text in chosen) for run in app.runs), chosen
     page.locator("#explore-btn").click()
     page.wait_for_function("(() => { const gd = document.querySelector('#explore-map .js-plotly-plot');"
                            " return gd && gd._fullData && gd._fullData.some((t) => t.xaxis === 'x2'); })()",
@@ -76,7 +84,7 @@ def two_maps(page):
 
 
 def test_clicking_a_point_selects_it_and_hover_rings_it_in_the_other_map(page, app):
-    two_maps(page)
+    two_maps(page, app)
     point = page.evaluate(POINT, ["x", None])
     page.mouse.move(point["x"] - 20, point["y"] - 20)
     page.mouse.move(point["x"], point["y"], steps=4)
