@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -74,7 +75,10 @@ def build_tracker(name: str, run: str, tracking_dir: Path, resuming: bool = Fals
     from accelerate import tracking
 
     if name == "tensorboard":
-        return tracking.TensorBoardTracker("tensorboard", tracking_dir)
+        # tensorboardX names an event file by the second it opened and the host only: a resume (or any second
+        # writer) within the same second would truncate the first one's file. The suffix keeps each session's.
+        return tracking.TensorBoardTracker("tensorboard", tracking_dir,
+                                           filename_suffix=f".{os.getpid()}.{time.time_ns()}")
     if name == "mlflow":
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             import mlflow

@@ -112,3 +112,20 @@ def test_tracker_names_are_parsed_once_each_in_order():
     assert trackers.flatten_numbers({"loss": 1, "lrs": {"llm": 0.5}, "warning": "x", "gate": None,
                                      "recall@10": 0.5, "odd key!": 2}, "train") == {
         "train/loss": 1.0, "train/lrs/llm": 0.5, "train/recall_at_10": 0.5, "train/odd key_": 2.0}
+
+
+def test_two_sessions_in_one_second_keep_both_event_files(tmp_path, monkeypatch):
+    """A resume right after a stop opens a second TensorBoard writer on the same folder. tensorboardX names
+    its file by the second and the host, so within one second the second writer truncated the first's
+    file and the steps before the resume vanished from TensorBoard."""
+    import time
+
+    from core.train.trackers import build_tracker
+
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)  # both sessions in the same second
+    for step in (1, 2):
+        tracker = build_tracker("tensorboard", "run", tmp_path)
+        tracker.start()
+        tracker.log({"train/loss": float(step)}, step=step)
+        tracker.finish()
+    assert read_scalars(tmp_path)["train/loss"] == {1: 1.0, 2: 2.0}
