@@ -10,14 +10,19 @@ slot and its instruction), checks the headroom of a tuned fusion of frozen parts
 - results/per_query.json  the query ids of each split and, per variant, modality and seed, each query's
                           target rank and best same-category rank: the input of the paired tests
 - results/saliency.json   variant -> rows of (layer, S_v, S_t, S_o, S_visual, S_slot, n_batches)
-- RESULTS.md and results/*.png (tables, plots, each claim judged by a paired test, the exact commands).
+- results/runs/<run>.json one finished run's evaluation, per-query ranks and training summary
+                          (core.reproduce_records): what a later sitting reuses when its workspace lost the run
+- results/REPRODUCTION.md and results/*.png (tables, plots, each claim judged by a paired test, the exact
+                          commands); never the repository's hand-written RESULTS.md.
 With --weak-text the same is done on a copy of the dataset whose notes keep their title only (topics and
 content dropped, images and pairs unchanged), for `text`, `basic`, `micl+late` and the baselines, under
 results/weak-text/; RESULTS.md then shows both conditions side by side.
 
 The workspace lives outside the work tree by default (the user's cache folder) and may be laid anew: a
 missing dataset is built again (sample, openclipart). Finished runs, evaluations (the service's cache),
-saliency and image-path figures are reused, so an interrupted reproduction resumes where it stopped.
+saliency and image-path figures are reused, so an interrupted reproduction resumes where it stopped; a run
+whose folder is gone is taken from its record when the rebuilt dataset gives the same held-out notes and
+pairs (the record's evaluation digest), and trained again otherwise.
 """
 from __future__ import annotations
 
@@ -69,7 +74,8 @@ class ReproducePlan:
     weak_text: bool = False
     headroom: bool = True
     results_dir: Path = field(default_factory=lambda: REPO_ROOT / "results")
-    report_path: Path = field(default_factory=lambda: REPO_ROOT / "RESULTS.md")
+    # Beside its figures, never over the repository's hand-written RESULTS.md (which summarises every table).
+    report_path: Path = field(default_factory=lambda: REPO_ROOT / "results" / "REPRODUCTION.md")
 
     @property
     def train_dataset(self) -> str:
@@ -107,6 +113,66 @@ def _train(workspace: Workspace, plan: ReproducePlan, variant: str, seed: int, l
     if finished.returncode != 0:
         raise WorkbenchError(f"training {run} failed (exit {finished.returncode}); rerun reproduce to resume it")
     return run
+
+
+def _has_finished_run(workspace: Workspace, plan: ReproducePlan, variant: str, seed: int | None = None) -> bool:
+    """Whether this workspace holds the run finished, with weights (an earlier sitting's may be gone)."""
+    from core.service import run_info
+
+    run = plan.run_name(variant, _first_seed(plan, variant) if seed is None else seed)
+    if not workspace.run_dir(run).exists():
+        return False
+    try:
+        info = run_info(workspace, run)
+    except WorkbenchError:
+        return False
+    return info.get("status") == "finished" and bool(info.get("has_weights"))
+
+
+def _evaluation_digest(workspace: Workspace, plan: ReproducePlan) -> str:
+    from core.data.store import Store
+    from core.reproduce_records import evaluation_digest
+    from core.service import split_for
+
+    return evaluation_digest(Store(workspace), plan.train_dataset, split_for(workspace, "zs-text", plan.train_dataset))
+
+
+def _finished_run(workspace: Workspace, plan: ReproducePlan, variant: str, seed: int, digest: str, log) -> tuple[dict, dict]:
+    """(table, per-query ranks) of one run of the table: evaluated here when this workspace has it finished
+    (and recorded with the results), else taken from its record when an earlier sitting finished it, else
+    trained (or resumed) and evaluated."""
+    from core.reproduce_records import read_record, record_ranks, write_record
+    from core.reproduce_report import training_summary
+
+    run = plan.run_name(variant, seed)
+    if not _has_finished_run(workspace, plan, variant, seed):
+        record, why_not = read_record(plan, run, digest)
+        if record is not None:
+            log(f"reuse the recorded results of {run} (finished {record['recorded']}; not in this workspace)")
+            return record["table"], record_ranks(record)
+        if why_not != "no record":
+            log(f"{run}: {why_not}; training it again")
+    _train(workspace, plan, variant, seed, log)
+    table, ranks = _evaluate(workspace, plan, run)
+    write_record(plan, run, variant, seed, table, ranks, training_summary(workspace.run_dir(run)), digest)
+    return table, ranks
+
+
+def _earlier_headroom(folder: Path, earlier: dict) -> tuple[dict, dict, dict] | None:
+    """The headroom check as an earlier pass measured it (table, per-query entry, meta), or None."""
+    from core.claims import HEADROOM as NAME
+
+    per_query = _load_json(folder / "per_query.json")
+    try:
+        table = {split: by_modality["both"] for split, by_modality in earlier["results"][NAME].items()}
+        entry = dict(per_query["results"][NAME]["both"]["0"])
+        meta = earlier["headroom"]
+    except (KeyError, TypeError):
+        return None
+    table = {split: {"both": {metric: value["mean"] for metric, value in metrics.items()}}
+             for split, metrics in table.items()}
+    entry["query_subsets"] = per_query.get("queries", {})
+    return table, {"both": entry}, meta
 
 
 def _table_from_result(result: dict) -> dict:
@@ -426,15 +492,20 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     passes = _earlier_passes(plan, workspace)
+    digest = _evaluation_digest(workspace, plan)
     earlier = _load_json(folder / "ablation.json")
+    if earlier and earlier.get("evaluation_digest") != digest:
+        # Figures measured on other held-out notes (a dataset built differently) are not this table's.
+        log("earlier results were evaluated on other held-out notes; measuring image paths, saliency and the "
+            "headroom again")
+        earlier = {}
     ablation: dict = {}
     per_query: dict = {}
-    extras: dict = {"image_path": dict(earlier.get("image_path") or {})}
+    extras: dict = {"image_path": dict(earlier.get("image_path") or {}), "evaluation_digest": digest}
     for variant in plan.variants:
         per_seed = {}
         for seed in plan.seeds_for(variant):
-            run = _train(workspace, plan, variant, seed, log)
-            per_seed[seed], ranks = _evaluate(workspace, plan, run)
+            per_seed[seed], ranks = _finished_run(workspace, plan, variant, seed, digest, log)
             for modality, entry in ranks.items():
                 per_query.setdefault(variant, {}).setdefault(modality, {})[seed] = entry
         ablation[variant] = _aggregate(per_seed)
@@ -445,20 +516,28 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
         ablation[name] = _aggregate({0: table})
         per_query[name] = {modality: {0: entry} for modality, entry in ranks.items()}
     if plan.headroom and "zs-image" in plan.zero_shot:
-        found = _headroom(workspace, plan, log)
+        if _has_finished_run(workspace, plan, "text"):
+            found = _headroom(workspace, plan, log)
+        else:
+            found = _earlier_headroom(folder, earlier)
+            log("headroom: reused from the earlier pass (the text run is not in this workspace)" if found
+                else "headroom: not measured (no text run in this workspace and none measured before)")
         if found is not None:
             table, ranks, extras["headroom"] = found
             ablation[HEADROOM] = _aggregate({0: table})
             per_query[HEADROOM] = {modality: {0: entry} for modality, entry in ranks.items()}
     for variant in IMAGE_PATH_VARIANTS:
         if variant in plan.variants and not extras["image_path"].get(variant):
+            if not _has_finished_run(workspace, plan, variant):
+                log(f"image-path health of {variant}: not measured (its run is not in this workspace)")
+                continue
             figures = _image_path(workspace, plan, variant, log)
             if figures:
                 extras["image_path"][variant] = figures
     if not extras["image_path"]:
         extras.pop("image_path")
-    earlier_saliency = _load_json(folder / "saliency.json")
-    earlier_batches = _load_json(folder / "saliency_batches.json")
+    earlier_saliency = _load_json(folder / "saliency.json") if earlier else {}
+    earlier_batches = _load_json(folder / "saliency_batches.json") if earlier else {}
     # Saliency is the slowest analysis; a rerun over the same finished runs reuses what it measured.
     saliency, saliency_batches = {}, {}
     for variant in plan.saliency_variants:
@@ -469,6 +548,8 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
                  and variant in earlier_batches)
         if reuse:
             saliency[variant], saliency_batches[variant] = rows, earlier_batches[variant]
+        elif not _has_finished_run(workspace, plan, variant):
+            log(f"saliency for {variant}: not measured (its run is not in this workspace)")
         else:
             saliency[variant], saliency_batches[variant] = _saliency(workspace, plan, variant, log)
     (folder / "saliency_batches.json").write_text(json.dumps(saliency_batches, indent=1))
@@ -484,9 +565,7 @@ def _condition(plan: ReproducePlan, workspace: Workspace, passes: list[dict] | N
     ablation_file = _load_json(plan.condition_dir / "ablation.json")
     if not ablation_file.get("results"):
         return None
-    from core.reproduce_report import training_summary
-
-    runs = [training_summary(workspace.run_dir(plan.run_name(variant, seed)))
+    runs = [_training_of(workspace, plan, plan.run_name(variant, seed))
             for variant in plan.variants for seed in plan.seeds_for(variant)]
     return {"dataset": plan.train_dataset, "ablation": ablation_file["results"],
             "per_query": _load_json(plan.condition_dir / "per_query.json"),
@@ -495,6 +574,17 @@ def _condition(plan: ReproducePlan, workspace: Workspace, passes: list[dict] | N
             "image_path": ablation_file.get("image_path"), "headroom": ablation_file.get("headroom"),
             "passes": passes if passes is not None else ablation_file.get("passes", []),
             "runs": [r for r in runs if r], "plan": ablation_file.get("plan", {})}
+
+
+def _training_of(workspace: Workspace, plan: ReproducePlan, run: str) -> dict | None:
+    """A run's training summary from its folder, or from its record when an earlier sitting trained it."""
+    from core.reproduce_records import record_path
+    from core.reproduce_report import training_summary
+
+    summary = training_summary(workspace.run_dir(run))
+    if summary is None:
+        summary = _load_json(record_path(plan, run)).get("training")
+    return summary
 
 
 def _report(workspace: Workspace, plan: ReproducePlan, passes: list[dict]) -> None:
@@ -604,7 +694,7 @@ def _command(args) -> int:
         unknown = [v for v in plan.variants if v not in VARIANTS]
         if unknown:
             raise WorkbenchError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    if args.results_dir:
+    if args.results_dir and Path(args.results_dir).resolve() != plan.results_dir.resolve():
         plan.results_dir = Path(args.results_dir)
         plan.report_path = plan.results_dir / "RESULTS.md"
     root = args.workspace or os.environ.get("NOTELLM2_WORKSPACE") or default_workspace(args.dataset)
@@ -633,7 +723,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-headroom", action="store_true",
                         help="skip the tuned text + zs-image fusion (the headroom check)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--results-dir", default="", help="where to write results (default results/ and RESULTS.md)")
+    parser.add_argument("--results-dir", default="", help="where to write results (default results/, with the report as "
+                        "results/REPRODUCTION.md; another folder gets FOLDER/RESULTS.md)")
     add_workspace_argument(parser)
     parser.set_defaults(func=_command)
     for action in parser._actions:  # the reproduction's own default: outside the work tree

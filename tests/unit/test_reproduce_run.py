@@ -120,3 +120,99 @@ def test_batch_ratios_average_layers_then_divide():
     assert out["S_slot/S_t"] == [None]
     assert out["pairs_digest"] != batch_ratios(per_batch, ["S_v", "S_t", "S_o", "S_visual", "S_slot"],
                                                [("a", "b")])["pairs_digest"]
+
+
+def test_a_workspace_laid_anew_reuses_the_recorded_runs_instead_of_training_them_again(finished, tmp_path):
+    """A sitting whose workspace lost every run (the cache folder was laid anew) takes the finished runs from
+    their records beside the results: nothing is trained, and the table, the paired tests' ranks, the
+    headroom, the saliency and the training summary stay what the first sitting measured."""
+    workspace, plan, _ = finished
+    before = json.loads((plan.results_dir / "ablation.json").read_text())
+    ranks_before = json.loads((plan.results_dir / "per_query.json").read_text())
+    for variant in plan.variants:
+        assert (plan.results_dir / "runs" / f"{plan.run_name(variant, 0)}.json").exists()
+    fresh = Workspace.open(tmp_path / "laid-anew")
+    import_learnable(fresh.root, "toy")
+    messages = []
+    reproduce(fresh, plan, log=messages.append)
+    assert not any(m.startswith("$ python") for m in messages), messages
+    assert sum(m.startswith("reuse the recorded results of") for m in messages) == len(plan.variants)
+    after = json.loads((plan.results_dir / "ablation.json").read_text())
+    for variant in (*plan.variants, HEADROOM):
+        assert after["results"][variant] == before["results"][variant]
+    ranks_after = json.loads((plan.results_dir / "per_query.json").read_text())
+    assert ranks_after["results"]["basic"] == ranks_before["results"]["basic"]
+    assert ranks_after["results"][HEADROOM] == ranks_before["results"][HEADROOM]
+    assert after["headroom"] == before["headroom"] and after["image_path"] == before["image_path"]
+    assert json.loads((plan.results_dir / "saliency.json").read_text())["basic"]
+    report = plan.report_path.read_text()
+    assert f"`{plan.run_name('basic', 0)}`" in report  # its training row, from the record
+
+
+def test_a_dataset_built_differently_trains_again_instead_of_reusing_records(finished, tmp_path):
+    """Records evaluated on other held-out notes are not this table's: one changed test note's title is enough
+    to refuse them (a paired test over queries the runs were never asked would be meaningless)."""
+    import csv
+
+    from core.data.store import Store
+    from core.service import split_for
+
+    workspace, plan, _ = finished
+    source = tmp_path / "toy-source"
+    from tests.unit.engine_fixtures import write_learnable_dataset
+
+    notes_csv, pairs_csv = write_learnable_dataset(source)
+    split = split_for(workspace, "zs-text", "toy")
+    changed_id = split.test_note_ids[0]
+    rows = list(csv.DictReader(open(notes_csv, encoding="utf-8")))
+    for row in rows:
+        if row["note_id"] == changed_id:
+            row["title"] = row["title"] + " (edited)"
+    with open(notes_csv, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    other = Workspace.open(tmp_path / "other")
+    Store(other).import_dataset("toy", notes_csv, pairs_csv, source / "images")
+    messages = []
+    reproduce(other, plan, log=messages.append)
+    assert not any(m.startswith("reuse the recorded results of") for m in messages)
+    assert any("evaluated on other held-out notes" in m for m in messages)
+    assert sum(m.startswith("$ python") for m in messages) == len(plan.variants)
+
+
+def test_a_record_is_refused_under_another_budget_or_when_torn(tmp_path):
+    from dataclasses import replace
+
+    from core.reproduce_records import read_record, record_path, write_record
+
+    plan = ReproducePlan(dataset="toy", steps=2, preset="tiny", batch_pairs=4, results_dir=tmp_path)
+    entry = {"rank": {"q": 0}, "query_subsets": {"all": ["q"]}}
+    write_record(plan, "run-a", "basic", 0, {"all": {}}, {"both": entry, "text": entry}, None, "digest-1")
+    record, why = read_record(plan, "run-a", "digest-1")
+    assert why == "" and record["per_query"]["both"] == {"rank": {"q": 0}} and record["query_subsets"] == {"all": ["q"]}
+    assert read_record(replace(plan, batch_pairs=8), "run-a", "digest-1")[0] is None
+    assert "another budget" in read_record(replace(plan, steps=3), "run-a", "digest-1")[1]
+    assert read_record(plan, "run-a", "digest-2")[0] is None
+    assert read_record(plan, "run-b", "digest-1") == (None, "no record")
+    record_path(plan, "run-a").write_text('{"version": 1, "run": "run-a"')  # torn
+    assert "unreadable" in read_record(plan, "run-a", "digest-1")[1]
+    with pytest.raises(Exception):
+        record_path(plan, "../escape")
+
+
+def test_the_report_never_lands_on_the_hand_written_results_summary(monkeypatch, tmp_path):
+    """`reproduce` without --results-dir (or with the default folder spelled out) writes results/REPRODUCTION.md;
+    the repository's RESULTS.md, which summarises every table by hand, is never its target."""
+    import core.reproduce as module
+    from core.cli import build_parser
+    from core.workspace import REPO_ROOT
+
+    seen = []
+    monkeypatch.setattr(module, "reproduce", lambda workspace, plan, log: seen.append(plan))
+    for extra in ([], ["--results-dir", str(REPO_ROOT / "results")], ["--results-dir", str(tmp_path / "elsewhere")]):
+        args = build_parser().parse_args(["reproduce", "--workspace", str(tmp_path / "ws"), *extra])
+        assert args.func(args) == 0
+    assert [plan.report_path for plan in seen] == [REPO_ROOT / "results" / "REPRODUCTION.md"] * 2 + [
+        tmp_path / "elsewhere" / "RESULTS.md"]
+    assert all(plan.report_path != REPO_ROOT / "RESULTS.md" for plan in seen)
