@@ -83,6 +83,16 @@ class ZeroShotImage:
         return _normalise(np.concatenate(out)) if out else np.zeros((0, self.tower.width), np.float32)
 
 
+# Baselines made of other baselines' vectors: a cache of a dataset's vectors fills them from their parts' caches
+# (core.service.note_vectors, Workbench.note_vectors), so no part is ever encoded twice for them.
+COMPOSED_BASELINES = {"zs-concat": ("zs-text", "zs-image")}
+
+
+def concatenated(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Each part L2-normalised, side by side, renormalised: what `zs-concat` is, whoever computes it."""
+    return _normalise(np.concatenate([_normalise(np.asarray(part, dtype=np.float32)) for part in parts], axis=1))
+
+
 class ZeroShotConcat:
     name = "zs-concat"
 
@@ -92,7 +102,7 @@ class ZeroShotConcat:
     def encode(self, notes, batch_size: int = 32, modality: str = "both", progress=None) -> np.ndarray:
         text = self.text.encode(notes, batch_size, modality)
         image = self.image.encode(notes, batch_size, modality, progress)
-        return _normalise(np.concatenate([_normalise(text), _normalise(image)], axis=1))
+        return concatenated([text, image])
 
 
 class ZeroShotLLM:

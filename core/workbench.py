@@ -27,7 +27,7 @@ import numpy as np
 
 from core import encoders
 from core import jobs as job_queue
-from core.baselines import ZERO_SHOT
+from core.baselines import COMPOSED_BASELINES, ZERO_SHOT, concatenated
 from core.explain import Explanation
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
@@ -621,6 +621,13 @@ class Workbench:
         """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
         _check_modality(modality)
         cache = self.vector_cache(name, dataset, modality)
+        if name in COMPOSED_BASELINES:
+            *first, last = COMPOSED_BASELINES[name]
+
+            def compose(todo, p):  # from the parts' caches: each part encodes only what it lacks, once
+                return concatenated([self.note_vectors(part, dataset, todo, modality) for part in first]
+                                    + [self.note_vectors(last, dataset, todo, modality, p)])
+            return cache.vectors(list(notes), compose, progress)
         return cache.vectors(list(notes), lambda todo, p: self.encode(name, todo, modality, progress=p), progress)
 
     def vector_cache(self, name: str, dataset: str, modality: str = "both"):

@@ -200,3 +200,50 @@ def test_the_encode_command_fills_the_cache_the_workbench_reads(workspace, capsy
     index, _, matrix = wb.vector_cache("tiny-run", "toy", "text").load()
     assert out["notes"] == len(wb.notes("toy")) == len(index) and matrix is not None
     assert out["vectors"].endswith("text.npy") and str(wb.workspace.indexes_dir) in out["vectors"]
+
+
+@pytest.mark.parametrize("door", ["workbench", "service"])
+def test_zs_concat_is_built_from_its_parts_cached_vectors_without_encoding_them_again(workspace, tmp_path,
+                                                                                     monkeypatch, door):
+    """Start-up warms zs-text and zs-image, then zs-concat: the concatenation must come from the two caches
+    just filled (normalised, side by side, renormalised), not from running both encoders a second time."""
+    import shutil
+
+    from core.baselines import concatenated
+    from core.data.store import Store
+
+    root = tmp_path / "ws"
+    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("indexes"))
+    notes = Store(root).notes("toy")
+    encoded: list[tuple[str, int]] = []
+    rng = np.random.default_rng(0)
+    width = {"zs-text": 6, "zs-image": 4}
+
+    def fake_encode(name, todo, modality):
+        encoded.append((name, len(todo)))
+        if name not in width:
+            pytest.fail(f"{name} was encoded instead of composed from its parts")
+        return rng.normal(size=(len(todo), width[name])).astype(np.float32)
+
+    if door == "workbench":
+        wb = Workbench(root)
+        monkeypatch.setattr(wb, "encode", lambda name, todo, modality="both", progress=None, **kw:
+                            fake_encode(name, todo, modality))
+        vectors = lambda name, some: wb.note_vectors(name, "toy", some)  # noqa: E731
+    else:
+        monkeypatch.setattr(service, "encode", lambda ws, name, todo, modality="both", progress=None, **kw:
+                            fake_encode(name, todo, modality))
+        vectors = lambda name, some: service.note_vectors(root, name, "toy", some)  # noqa: E731
+    text, image = vectors("zs-text", notes), vectors("zs-image", notes)
+    assert encoded == [("zs-text", len(notes)), ("zs-image", len(notes))]
+    both = vectors("zs-concat", notes)
+    assert encoded == [("zs-text", len(notes)), ("zs-image", len(notes))]  # nothing encoded again
+    assert np.allclose(both, concatenated([text, image]), atol=1e-6)
+    assert np.allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(both[:, :6] / np.linalg.norm(both[:, :6], axis=1, keepdims=True),
+                       text / np.linalg.norm(text, axis=1, keepdims=True), atol=1e-5)
+    # A note new to both parts is encoded once by each part, then composed.
+    from dataclasses import replace
+    extra = replace(notes[0], note_id="fresh-note", title="a new title")
+    vectors("zs-concat", [extra])
+    assert encoded[2:] == [("zs-text", 1), ("zs-image", 1)]
