@@ -133,17 +133,23 @@ def neighbours(backend: Backend, dataset, variant, note_id=None, query=None, k=1
 
 def refresh_variants(backend: Backend, dataset, current, multiselect: bool = False, trained_only: bool = False,
                      default_count: int = 1):
-    """Dropdown update that keeps the user's choice when it still exists."""
+    """Dropdown update that keeps the user's choice when it still exists.
+
+    `current` is the value when the refresh was queued; the user may have chosen again before it lands. So
+    a choice that still exists is left out of the update (the page keeps whatever it shows now), and a value
+    is sent only to replace one that no longer exists."""
     choices = backend.variant_choices(dataset, trained_only=trained_only)
     names = [value for _, value in choices]
     variant_of = {row.name: row.variant or row.name for row in backend.variants(dataset)}
     if multiselect:
-        kept = [v for v in (current or []) if v in names]
-        if not kept:
-            kept = _default_selection(names, default_count, variant_of)
-        return gr.update(choices=choices, value=kept)
-    value = current if current in names else (_default_selection(names, 1, variant_of) or [None])[0]
-    return gr.update(choices=choices, value=value)
+        current = list(current or [])
+        kept = [v for v in current if v in names]
+        if kept and kept == current:
+            return gr.update(choices=choices)
+        return gr.update(choices=choices, value=kept or _default_selection(names, default_count, variant_of))
+    if current in names:
+        return gr.update(choices=choices)
+    return gr.update(choices=choices, value=(_default_selection(names, 1, variant_of) or [None])[0])
 
 
 def _default_selection(names: list[str], count: int, variant_of: dict[str, str] | None = None) -> list[str]:
