@@ -6,9 +6,9 @@ small: its evaluation on every split and modality, each query's ranks (the paire
 training summary. Each finished run writes that here, so a later sitting whose workspace lost the run
 reuses the record instead of training the run again.
 
-A record is only reused for the same evaluation: the same training budget, and the same held-out notes,
-pairs and texts (`evaluation_digest`). A dataset rebuilt differently gives another digest, and its runs are
-trained again instead of being compared with queries they were never asked.
+A record is only reused for the same evaluation: the same training budget and preset values, and the same
+held-out notes, pairs and texts (`evaluation_digest`). A dataset rebuilt differently gives another digest,
+and its runs are trained again instead of being compared with queries they were never asked.
 """
 from __future__ import annotations
 
@@ -36,7 +36,14 @@ def evaluation_digest(store, dataset: str, split) -> str:
 
 
 def budget_of(plan) -> dict:
-    return {"dataset": plan.train_dataset, "steps": plan.steps, "preset": plan.preset, "batch_pairs": plan.batch_pairs}
+    """What a run was trained under: the table's budget and what its preset set (a preset whose values change
+    between sittings makes another recipe under the same name)."""
+    from core.train.presets import get_preset
+
+    preset = get_preset(plan.preset)
+    settings = json.loads(json.dumps({"train": dict(preset.train), "model": dict(preset.model)}, sort_keys=True))
+    return {"dataset": plan.train_dataset, "steps": plan.steps, "preset": plan.preset, "batch_pairs": plan.batch_pairs,
+            "preset_settings": settings}
 
 
 def record_path(plan, run: str) -> Path:

@@ -216,3 +216,18 @@ def test_the_report_never_lands_on_the_hand_written_results_summary(monkeypatch,
     assert [plan.report_path for plan in seen] == [REPO_ROOT / "results" / "REPRODUCTION.md"] * 2 + [
         tmp_path / "elsewhere" / "RESULTS.md"]
     assert all(plan.report_path != REPO_ROOT / "RESULTS.md" for plan in seen)
+
+
+def test_a_record_is_refused_when_its_preset_changed_values(tmp_path, monkeypatch):
+    """Same preset name, other values (a learning rate changed between sittings): another recipe."""
+    from core.reproduce_records import read_record, write_record
+    from core.train import presets
+
+    plan = ReproducePlan(dataset="toy", steps=2, preset="tiny", batch_pairs=4, results_dir=tmp_path)
+    write_record(plan, "run-a", "basic", 0, {"all": {}}, {"both": {"rank": {}}}, None, "d")
+    assert read_record(plan, "run-a", "d")[0] is not None
+    tiny = presets.get_preset("tiny")
+    changed = presets.Preset.from_dict({**tiny.as_dict(), "train": {**tiny.train, "lr_new": 1.0}})
+    monkeypatch.setattr(presets, "PRESET_TABLE", tuple(changed if p.name == "tiny" else p
+                                                       for p in presets.PRESET_TABLE))
+    assert "another budget" in read_record(plan, "run-a", "d")[1]
