@@ -48,8 +48,7 @@ WEAK_TEXT_SUFFIX = "-weak-text"
 WEAK_TEXT_VARIANTS = ("text", "basic", "micl+late")
 HEADROOM = "text+zs-image"  # the trained text model's vectors fused with the frozen image tower's, tuned
 IMAGE_PATH_VARIANTS = ("basic", "micl", "basic+late", "micl+late")  # the image is in the prompt
-IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "nv_state_r10", "zs_image_r10", "connector_variation",
-                   "visual_loss", "chance_loss")
+LATE_FUSION_ONLY = ("late",)  # the image reaches the vector through the gate alone
 
 
 def default_workspace(dataset: str) -> Path:
@@ -316,9 +315,31 @@ def _image_path(workspace: Workspace, plan: ReproducePlan, variant: str, log) ->
     notes = Store(workspace).notes(plan.train_dataset, split.test_note_ids)
     log(f"image-path health of {run}")
     figures = dict(image_path_health(load_encoder(workspace, run), notes, split.test_pairs, seed=0))
+    figures.update(_gate_read_out(workspace, run, notes))
     # The visual loss is a training figure: the run's last evaluation event carries it with its chance level.
     for key, value in _last_training_health(workspace.run_dir(run)).items():
         figures.setdefault(key, value)
+    return figures
+
+
+def _gate_read_out(workspace: Workspace, run: str, notes) -> dict:
+    """For a late-fusion run, the gate's mean LLM share z over the held-out notes that have a picture (for n_m,
+    and for n_v under mICL): 0.5 is where the gate starts, so a share near it after training says the final
+    vector is still half the raw image feature. Empty for runs without late fusion."""
+    import math
+
+    from core.analysis.gate import gate_shares
+    from core.service import load_encoder
+
+    model = load_encoder(workspace, run)
+    if getattr(model, "fusion", None) is None:
+        return {}
+    frame = gate_shares(model, notes)
+    pictured = frame[frame.has_image]
+    figures = {"gate_llm_share": float(pictured.llm_share.mean())}
+    visual = float(pictured.llm_share_visual.mean())
+    if not math.isnan(visual):
+        figures["gate_llm_share_visual"] = visual
     return figures
 
 
@@ -534,6 +555,17 @@ def reproduce(workspace: Workspace, plan: ReproducePlan, log=print) -> dict:
             figures = _image_path(workspace, plan, variant, log)
             if figures:
                 extras["image_path"][variant] = figures
+    # Late fusion without the image in the prompt has no connector to check, but its gate is still the read-out
+    # of how much of the vector is the raw image feature.
+    for variant in LATE_FUSION_ONLY:
+        if variant in plan.variants and not extras["image_path"].get(variant) and _has_finished_run(workspace, plan, variant):
+            from core.data.store import Store
+            from core.service import split_for
+
+            run = plan.run_name(variant, _first_seed(plan, variant))
+            notes = Store(workspace).notes(plan.train_dataset, split_for(workspace, run, plan.train_dataset).test_note_ids)
+            log(f"late-fusion gate of {run}")
+            extras["image_path"][variant] = _gate_read_out(workspace, run, notes)
     if not extras["image_path"]:
         extras.pop("image_path")
     earlier_saliency = _load_json(folder / "saliency.json") if earlier else {}

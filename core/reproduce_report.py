@@ -24,7 +24,7 @@ SPLIT_NAMES = {"all": "all", "short_query": "short query", "long_query": "long q
                "short_target": "short target", "long_target": "long target"}
 TRAINED = ("text", "basic", "micl", "late", "basic+late", "micl+late")
 IMAGE_PATH_KEYS = ("connector_probe_r10", "nv_r10", "nv_state_r10", "zs_image_r10", "connector_variation",
-                   "visual_loss", "chance_loss")
+                   "visual_loss", "chance_loss", "gate_llm_share", "gate_llm_share_visual")
 
 
 def _cell(ablation, variant, split="all", modality="both", metric=MAIN_METRIC):
@@ -326,7 +326,9 @@ def _image_path_lines(image_path: dict | None) -> list[str]:
             value = (figures or {}).get(key)
             cells.append("–" if value is None else (_fmt(value) if key.endswith("_r10") else f"{value:.3g}"))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
-    return lines + ["", "Recall figures in percent, on image-only queries; losses in nats (chance = ln(2B − 1))."]
+    return lines + ["", "Recall figures in percent, on image-only queries; losses in nats (chance = ln(2B − 1)); "
+                    "gate_llm_share: the late-fusion gate's mean z over held-out notes with a picture (the LLM "
+                    "state's share of the final vector; it starts at 0.5), for n_m and, under mICL, n_v."]
 
 
 def _headroom_lines(headroom: dict | None) -> list[str]:

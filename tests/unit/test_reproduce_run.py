@@ -231,3 +231,25 @@ def test_a_record_is_refused_when_its_preset_changed_values(tmp_path, monkeypatc
     monkeypatch.setattr(presets, "PRESET_TABLE", tuple(changed if p.name == "tiny" else p
                                                        for p in presets.PRESET_TABLE))
     assert "another budget" in read_record(plan, "run-a", "d")[1]
+
+
+def test_the_gate_read_out_averages_only_notes_with_a_picture(monkeypatch):
+    """A note without a picture keeps its LLM state by construction (z = 1): counting it would make the gate
+    look as if training had moved it toward the LLM."""
+    import pandas as pd
+
+    import core.analysis.gate as gate_module
+    import core.service as service
+    from core.reproduce import _gate_read_out
+
+    frame = pd.DataFrame({"note_id": ["a", "b", "c"], "llm_share": [0.4, 0.6, 1.0],
+                          "llm_share_visual": [0.3, 0.5, 1.0], "has_image": [True, True, False]})
+    monkeypatch.setattr(gate_module, "gate_shares", lambda model, notes: frame)
+    monkeypatch.setattr(service, "load_encoder", lambda workspace, run: type("M", (), {"fusion": object()})())
+    figures = _gate_read_out(None, "run", [])
+    assert figures == {"gate_llm_share": pytest.approx(0.5), "gate_llm_share_visual": pytest.approx(0.4)}
+    no_visual = frame.assign(llm_share_visual=float("nan"))
+    monkeypatch.setattr(gate_module, "gate_shares", lambda model, notes: no_visual)
+    assert set(_gate_read_out(None, "run", [])) == {"gate_llm_share"}  # late / basic+late: no n_v
+    monkeypatch.setattr(service, "load_encoder", lambda workspace, run: type("M", (), {"fusion": None})())
+    assert _gate_read_out(None, "run", []) == {}
