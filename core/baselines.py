@@ -93,6 +93,17 @@ def concatenated(parts: Sequence[np.ndarray]) -> np.ndarray:
     return _normalise(np.concatenate([_normalise(np.asarray(part, dtype=np.float32)) for part in parts], axis=1))
 
 
+def composed_encode(name: str, part_vectors):
+    """`encode(todo, progress)` for a composed baseline: its parts' vectors of `todo`, each through
+    `part_vectors(part, todo, progress)` (a cache, so each part encodes only what it lacks), concatenated.
+    Progress follows the last part."""
+    *first, last = COMPOSED_BASELINES[name]
+
+    def encode(todo, progress):
+        return concatenated([part_vectors(part, todo, None) for part in first] + [part_vectors(last, todo, progress)])
+    return encode
+
+
 class ZeroShotConcat:
     name = "zs-concat"
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.baselines import COMPOSED_BASELINES, ZERO_SHOT, concatenated
+from core.baselines import COMPOSED_BASELINES, ZERO_SHOT, composed_encode
 from core.data.schema import Note
 from core import encoders
 from core.errors import WorkbenchError
@@ -108,13 +108,9 @@ def note_vectors(workspace, name: str, dataset: str, notes: Sequence[Note], moda
     """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
     _check_modality(modality)
     cache = vector_cache(workspace, name, dataset, modality)
-    if name in COMPOSED_BASELINES:
-        *first, last = COMPOSED_BASELINES[name]
-
-        def compose(todo, p):  # from the parts' caches: each part encodes only what it lacks, once
-            return concatenated([note_vectors(workspace, part, dataset, todo, modality) for part in first]
-                                + [note_vectors(workspace, last, dataset, todo, modality, p)])
-        return cache.vectors(list(notes), compose, progress)
+    if name in COMPOSED_BASELINES:  # from the parts' caches, never encoding a part again
+        return cache.vectors(list(notes), composed_encode(
+            name, lambda part, todo, p: note_vectors(workspace, part, dataset, todo, modality, p)), progress)
     return cache.vectors(list(notes), lambda todo, p: encode(workspace, name, todo, modality, progress=p), progress)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from core import encoders
 from core import jobs as job_queue
-from core.baselines import COMPOSED_BASELINES, ZERO_SHOT, concatenated
+from core.baselines import COMPOSED_BASELINES, ZERO_SHOT, composed_encode
 from core.explain import Explanation
 from core.data.schema import Note
 from core.data.store import DatasetInfo, Store
@@ -621,13 +621,9 @@ class Workbench:
         """Vectors of some of a dataset's notes through the on-disk cache (only missing notes are encoded)."""
         _check_modality(modality)
         cache = self.vector_cache(name, dataset, modality)
-        if name in COMPOSED_BASELINES:
-            *first, last = COMPOSED_BASELINES[name]
-
-            def compose(todo, p):  # from the parts' caches: each part encodes only what it lacks, once
-                return concatenated([self.note_vectors(part, dataset, todo, modality) for part in first]
-                                    + [self.note_vectors(last, dataset, todo, modality, p)])
-            return cache.vectors(list(notes), compose, progress)
+        if name in COMPOSED_BASELINES:  # from the parts' caches, never encoding a part again
+            return cache.vectors(list(notes), composed_encode(
+                name, lambda part, todo, p: self.note_vectors(part, dataset, todo, modality, p)), progress)
         return cache.vectors(list(notes), lambda todo, p: self.encode(name, todo, modality, progress=p), progress)
 
     def vector_cache(self, name: str, dataset: str, modality: str = "both"):
