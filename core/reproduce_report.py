@@ -265,7 +265,31 @@ def training_summary(run_folder: Path) -> dict | None:
         return None
     return {"run": run_folder.name, "variant": info.get("variant"), "seed": info.get("train", {}).get("seed"),
             "steps": steps[-1]["step"], "step_s": sum(e["step_s"] for e in steps) / len(steps),
-            "train_minutes": sum(e["step_s"] for e in steps) / 60, "final_loss": steps[-1]["loss"]}
+            "train_minutes": sum(e["step_s"] for e in steps) / 60, "final_loss": steps[-1]["loss"],
+            "machines": _sittings_machines(events)}
+
+
+def _escape_cell(text: str) -> str:
+    """A table cell from free text (a CPU's model name): a pipe would split the cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _sittings_machines(events: list[dict]) -> list[str]:
+    """Each distinct machine the run's sittings ran on ("CPU, N threads[, GPU]"), in order; empty for runs
+    trained before the trainer wrote a start row per sitting."""
+    seen: list[str] = []
+    for event in events:
+        machine = event.get("machine") if event.get("event") == "start" else None
+        if not isinstance(machine, dict):
+            continue
+        described = f"{machine.get('cpu', '?')}, {machine.get('threads', '?')} threads"
+        if machine.get("gpu"):
+            described += f", {machine['gpu']}"
+        if int(event.get("processes") or 1) > 1:
+            described += f", {int(event['processes'])} processes"
+        if described not in seen:
+            seen.append(described)
+    return seen
 
 
 def _other_reports(plan) -> list[str]:
@@ -412,7 +436,7 @@ def write_report(plan, main: dict, weak: dict | None = None) -> None:
            "by hand: `python -m core build-openclipart --import-as openclipart`)." if plan.dataset == "openclipart"
            else "."),
         "",
-        f"Measured on: {machine_line()}.",
+        f"Evaluated on: {machine_line()} (each run's training machine is in the runs table).",
         "",
     ]
     condition_lines, _ = _condition_lines(main, label)
@@ -432,11 +456,12 @@ def write_report(plan, main: dict, weak: dict | None = None) -> None:
     runs = list(main.get("runs") or []) + list((weak or {}).get("runs") or [])
     if runs:
         lines += ["", "## Training runs (the fixed budget)", "",
-                  "| run | variant | seed | steps | mean step (s) | training minutes | final loss |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| run | variant | seed | steps | mean step (s) | training minutes | final loss | trained on |",
+                  "|---|---|---|---|---|---|---|---|"]
         for run in runs:
+            machines = "; ".join(_escape_cell(machine) for machine in run.get("machines") or []) or "not recorded"
             lines.append(f"| `{run['run']}` | `{run['variant']}` | {run['seed']} | {run['steps']} | "
-                         f"{run['step_s']:.1f} | {run['train_minutes']:.1f} | {run['final_loss']:.3f} |")
+                         f"{run['step_s']:.1f} | {run['train_minutes']:.1f} | {run['final_loss']:.3f} | {machines} |")
     folder = os.path.relpath(plan.results_dir, plan.report_path.parent)
     others = [path for path in _other_reports(plan) if not Path(path).parent.name == "weak-text"]
     if others:

@@ -32,7 +32,7 @@ import torch
 
 from core.errors import WorkbenchError
 from core.models.note_encoder import VARIANTS, NoteEncoder, NoteEncoderConfig
-from core.runtime import configure_threads, resolve_device
+from core.runtime import configure_threads, describe_machine, resolve_device
 from core.runs import EVENTS_FILE, RUN_FILE, read_run_file, write_run_file
 from core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.train.grad_cache import cached_contrastive_step
@@ -239,6 +239,10 @@ class EventsFileCallback(TrainerCallback):
     def on_start(self, trainer, start_step):
         if trainer.resume:
             self.truncate(trainer.run_dir, start_step)
+        # One row per sitting: a run resumed elsewhere, or beside other work with fewer threads, keeps the
+        # machine each stretch of its steps ran on, so a step time can be read against its hardware.
+        self.write(trainer.run_dir, {"event": "start", "step": start_step, "processes": trainer.world,
+                                     "machine": describe_machine()})
 
     def on_step(self, trainer, row):
         self.write(trainer.run_dir, row)

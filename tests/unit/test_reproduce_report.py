@@ -128,7 +128,9 @@ def test_report_writes_tables_plots_pool_chance_saliency_and_both_conditions(tmp
                 "micl": [{"layer": 0, "S_v": 0.2, "S_t": 0.5, "S_o": 0.2, "S_visual": 0.02, "S_slot": 0.4,
                           "n_batches": 50}]}
     runs = [{"run": "repro-openclipart-basic-cpu-100s-seed0", "variant": "basic", "seed": 0, "steps": 100,
-             "step_s": 5.0, "train_minutes": 8.3, "final_loss": 1.25}]
+             "step_s": 5.0, "train_minutes": 8.3, "final_loss": 1.25},
+            {"run": "repro-openclipart-micl-cpu-100s-seed0", "variant": "micl", "seed": 0, "steps": 100,
+             "step_s": 6.0, "train_minutes": 10.0, "final_loss": 1.5, "machines": ["EPYC | 9004, 1 threads"]}]
     passes = [{"started": "2026-01-01T10:00:00", "elapsed_s": 600, "trained": [runs[0]["run"]]}]
     basic = [1] * 60 + [0] * 40
     main = {"dataset": "openclipart", "ablation": ablation, "saliency": saliency, "passes": passes, "runs": runs,
@@ -154,7 +156,9 @@ def test_report_writes_tables_plots_pool_chance_saliency_and_both_conditions(tmp
     assert "| `repro-openclipart-basic-cpu-100s-seed0` | `basic` | 0 | 100 | 5.0 | 8.3 | 1.250 |" in report
     assert "build-openclipart --import-as openclipart" in report
     assert "- [results/sample/RESULTS.md](results/sample/RESULTS.md)" in report
-    assert "Measured on: " in report and " cores, " in report
+    assert "Evaluated on: " in report and " cores, " in report
+    assert "| 1.250 | not recorded |" in report  # a run from before sittings were recorded says so
+    assert "| 1.500 | EPYC \\| 9004, 1 threads |" in report  # a pipe in a CPU's name stays inside its cell
     for plot in ("recall_by_modality.png", "saliency_by_layer.png"):
         assert (results / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(results/{plot})" in report
@@ -164,12 +168,17 @@ def test_training_summary_reads_run_files(tmp_path):
     run = tmp_path / "repro-x-basic-cpu-2s-seed1"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"variant": "basic", "train": {"seed": 1}}))
-    events = [{"step": 1, "loss": 3.0, "step_s": 4.0}, {"step": 2, "event": "checkpoint"},
-              {"step": 2, "loss": 2.0, "step_s": 6.0}, {"step": 2, "event": "eval", "recall@10": 0.5}]
+    sitting = {"event": "start", "processes": 1, "machine": {"cpu": "EPYC | 9004", "threads": 2}}
+    events = [{**sitting, "step": 0}, {"step": 1, "loss": 3.0, "step_s": 4.0}, {"step": 2, "event": "checkpoint"},
+              {**sitting, "step": 1}, {"step": 2, "loss": 2.0, "step_s": 6.0},
+              {"step": 2, "event": "eval", "recall@10": 0.5},
+              {"event": "start", "step": 2, "processes": 2, "machine": {"cpu": "Xeon", "threads": 8, "gpu": "H100"}}]
     (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
     summary = training_summary(run)
+    # A machine met twice is listed once; the order is the sittings'.
     assert summary == {"run": run.name, "variant": "basic", "seed": 1, "steps": 2, "step_s": 5.0,
-                       "train_minutes": 10.0 / 60, "final_loss": 2.0}
+                       "train_minutes": 10.0 / 60, "final_loss": 2.0,
+                       "machines": ["EPYC | 9004, 2 threads", "Xeon, 8 threads, H100, 2 processes"]}
     assert training_summary(tmp_path / "missing") is None
 
 

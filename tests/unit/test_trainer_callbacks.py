@@ -130,6 +130,10 @@ def test_a_callback_that_raises_stops_the_run_as_failed_and_it_resumes(workspace
     events = read_events(run_dir)
     assert [r["step"] for r in events if "loss" in r] == list(range(1, 7))
     assert not [r for r in events if r.get("event") == "stopped"]
+    # Each sitting says where it ran, from the step it began at: a step time can be read against its machine.
+    sittings = [r for r in events if r.get("event") == "start"]
+    assert [r["step"] for r in sittings] == [0, 2]
+    assert all(r["processes"] == 1 and r["machine"]["threads"] >= 1 and r["machine"]["cpu"] for r in sittings)
 
 
 class FailsAtEnd(TrainerCallback):
