@@ -15,6 +15,10 @@ COMPARISONS = (
     ("1", ("basic", "both"), ("basic", "text"), "`basic` with the image vs without it"),
     ("1", ("basic", "both"), ("basic", "image"), "`basic` with the text vs without it"),
     *(("2", (v, "both"), ("basic", "both"), f"`{v}` vs `basic`") for v in ("micl", "late", "basic+late", "micl+late")),
+    # The remedies' direct effect on neglect: whether the note vector, from the picture alone, finds more
+    # than `basic`'s does. A remedy can restore the image here and still not move image + text retrieval.
+    *(("2", (v, "image"), ("basic", "image"), f"`{v}` vs `basic`, image only")
+      for v in ("micl", "late", "basic+late", "micl+late")),
     *(("3", ("micl+late", "both"), (v, "both"), f"`micl+late` vs `{v}`") for v in ("text", "micl", "late", "basic+late")),
     ("4", ("micl+late", "both"), ("zs-concat", "both"), "`micl+late` vs `zs-concat`"),
     ("4", ("micl+late", "both"), (HEADROOM, "both"), f"`micl+late` vs `{HEADROOM}` (tuned)"),

@@ -120,8 +120,12 @@ def _claims(ablation: dict, per_query: dict, image_path: dict | None = None,
         if row:
             verdict = {"higher": "better than", "lower": "worse than",
                        "no difference shown": "not shown to differ from"}[row["verdict"]]
+            image_only = _find(rows, (variant, "image"), ("basic", "image"))
+            from_picture = (f" From the picture alone (image-only queries): {100 * image_only['difference']:+.1f} "
+                            f"points ({image_only['verdict']}, Holm p {_p(image_only['p_holm'])})."
+                            if image_only else "")
             lines.append(f"2. `{variant}` vs `basic`: {verdict} `basic`, {_said(row)}"
-                         + _by_split(rows, (variant, "both"), ("basic", "both")) + ".")
+                         + _by_split(rows, (variant, "both"), ("basic", "both")) + "." + from_picture)
     best_rows = [row for row in rows if row["a"] == ("micl+late", "both") and row["split"] == "all"
                  and row["b"][0] in TRAINED]
     if best_rows:

@@ -69,6 +69,26 @@ def test_claims_are_judged_by_a_paired_test_not_by_overlapping_intervals():
     assert "margin" not in text  # no unpaired-margin verdict anywhere
 
 
+def test_a_remedy_is_also_judged_on_image_only_queries_against_basic_image_only():
+    # micl's image + text hits equal basic's, but from the picture alone it finds 30 targets where basic's
+    # image-only vector finds 5 (the same 5): the report must say the remedy restored the image's use while
+    # image + text did not move. basic's image-only vector is the side compared, not its image + text one
+    # (which hits 40 and would make micl's 30 read as worse).
+    both = [1] * 40 + [0] * 60
+    basic_image = [1] * 5 + [0] * 95
+    micl_image = [1] * 30 + [0] * 70
+    per_query = _per_query({"basic": {"both": [both], "image": [basic_image]},
+                            "micl": {"both": [both], "image": [micl_image]}})
+    ablation = _ablation({"basic": [(0.40, 0.40, 0.05)], "micl": [(0.40, 0.40, 0.30)]})
+    lines, rows = _claims(ablation, per_query)
+    text = "\n".join(lines)
+    image_row = next(r for r in rows if r["a"] == ("micl", "image"))
+    assert image_row["b"] == ("basic", "image") and image_row["difference"] == pytest.approx(0.25)
+    assert image_row["verdict"] == "higher"
+    assert ("`micl` vs `basic`: not shown to differ from `basic`, +0.0 points" in text
+            and "From the picture alone (image-only queries): +25.0 points (higher, Holm p" in text)
+
+
 def test_claims_cover_each_split_and_average_seeds_before_pairing():
     basic = [1] * 40 + [0] * 60
     subsets = {"short_query": [f"q{i}" for i in range(0, 100, 2)], "long_query": [f"q{i}" for i in range(1, 100, 2)]}
