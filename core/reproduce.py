@@ -469,8 +469,13 @@ def weak_text_dataset(store, dataset: str) -> str:
 
     It goes through the ordinary import (atomic, checked). Each stored image is handed over as a lossless
     PNG of its decoded pixels: the import keeps lossless sources lossless, so the vision tower sees the same
-    pixels in both conditions (re-importing a stored JPEG would compress it a second time)."""
+    pixels in both conditions (re-importing a stored JPEG would compress it a second time).
+
+    A note with no title (its text all in the content) would be left with no text at all, which the import
+    refuses and which would change the split; it keeps the first words of its content instead, as many as
+    the dataset's median title has, so that it carries no more text than a typical title."""
     import csv
+    import statistics
     import tempfile
 
     from core.data.images import load_image
@@ -479,6 +484,8 @@ def weak_text_dataset(store, dataset: str) -> str:
     if store.has_dataset(name):
         return name
     notes = store.notes(dataset)
+    titled = [len(n.title.split()) for n in notes if n.title.strip()]
+    title_words = max(1, round(statistics.median(titled))) if titled else 1
     with tempfile.TemporaryDirectory(dir=store.workspace.root) as scratch:
         folder = Path(scratch)
         (folder / "images").mkdir()
@@ -490,7 +497,8 @@ def weak_text_dataset(store, dataset: str) -> str:
                 if note.image:
                     image = f"{index}.png"
                     load_image(note.image).save(folder / "images" / image, format="PNG")
-                writer.writerow([note.note_id, note.title, "", image, "", note.category])
+                title = note.title if note.title.strip() else " ".join(note.content.split()[:title_words])
+                writer.writerow([note.note_id, title, "", image, "", note.category])
         with open(folder / "pairs.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["note_id_1", "note_id_2"])

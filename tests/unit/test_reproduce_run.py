@@ -253,3 +253,28 @@ def test_the_gate_read_out_averages_only_notes_with_a_picture(monkeypatch):
     assert set(_gate_read_out(None, "run", [])) == {"gate_llm_share"}  # late / basic+late: no n_v
     monkeypatch.setattr(service, "load_encoder", lambda workspace, run: type("M", (), {"fusion": None})())
     assert _gate_read_out(None, "run", []) == {}
+
+
+def test_a_note_without_a_title_keeps_a_title_length_head_of_its_content_in_the_weak_text_copy(tmp_path):
+    """Dropping the content of a note whose text is all content would leave it empty: the import refuses
+    such a note, so the whole weak-text copy (and the condition) would fail on real data."""
+    from PIL import Image
+
+    from core.data.store import Store
+
+    source = tmp_path / "source"
+    (source / "images").mkdir(parents=True)
+    rows = [("a", "red round apple", "sweet fruit", "fruit"), ("b", "green pear", "", "fruit"),
+            ("c", "", "Flag of the Second Spanish Republic 1931-1939", "flag"), ("d", "blue flag here", "", "flag")]
+    lines = ["note_id,title,content,image,topics,category"]
+    for i, (note_id, title, content, category) in enumerate(rows):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(source / "images" / f"{note_id}.png")
+        lines.append(f"{note_id},{title},{content},{note_id}.png,,{category}")
+    (source / "notes.csv").write_text("\n".join(lines) + "\n")
+    (source / "pairs.csv").write_text("note_id_1,note_id_2\na,b\nc,d\n")
+    store = Store(Workspace.open(tmp_path / "ws"))
+    store.import_dataset("mixed", source / "notes.csv", source / "pairs.csv", source / "images")
+    weak = {n.note_id: n for n in store.notes(weak_text_dataset(store, "mixed"))}
+    assert set(weak) == {"a", "b", "c", "d"} and store.pairs("mixed-weak-text") == store.pairs("mixed")
+    assert weak["a"].title == "red round apple" and weak["a"].content == ""
+    assert weak["c"].title == "Flag of the" and weak["c"].content == ""  # the median title has 3 words
