@@ -94,16 +94,11 @@ class ReproducePlan:
 
 
 def _train(workspace: Workspace, plan: ReproducePlan, variant: str, seed: int, log) -> str:
-    from core.service import run_info
-
     run = plan.run_name(variant, seed)
-    folder = workspace.run_dir(run)
-    if folder.exists():
-        info = run_info(workspace, run)
-        if info.get("status") == "finished" and info.get("has_weights"):
-            log(f"reuse finished run {run}")
-            return run
-    resume = ["--resume"] if folder.exists() else []
+    if _has_finished_run(workspace, plan, variant, seed):
+        log(f"reuse finished run {run}")
+        return run
+    resume = ["--resume"] if workspace.run_dir(run).exists() else []
     command = [sys.executable, "-m", "core", "train", "--workspace", str(workspace.root), "--dataset", plan.train_dataset,
                "--variant", variant, "--steps", str(plan.steps), "--run", run, "--preset", plan.preset,
                "--seed", str(seed), "--batch-pairs", str(plan.batch_pairs), "--device", plan.device, *resume]
