@@ -453,6 +453,12 @@ def write_report(plan, main: dict, weak: dict | None = None) -> None:
             lines += ["", "Weak-text condition: " + _passes_text(weak["passes"])]
     lines += _image_path_lines(main.get("image_path"))
     lines += _headroom_lines(main.get("headroom"))
+    if weak and weak.get("image_path"):
+        lines += [line.replace("## Image-path health", "## Weak text: image-path health")
+                  for line in _image_path_lines(weak["image_path"])]
+    if weak and weak.get("headroom"):
+        lines += [line.replace("## Headroom:", "## Weak text: headroom,")
+                  for line in _headroom_lines(weak["headroom"])]
     lines += _saliency_lines(main.get("saliency"))
     if weak and weak.get("saliency"):
         lines += [line.replace("## Saliency per layer", "## Weak text: saliency per layer")

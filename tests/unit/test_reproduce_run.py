@@ -71,6 +71,9 @@ def test_weak_text_condition_keeps_notes_pairs_and_images_and_shows_beside_the_f
     assert (plan.results_dir / "weak-text" / "ablation.json").exists()
     report = plan.report_path.read_text()
     assert "## Both conditions side by side" in report and "toy-weak-text" in report
+    # The weak condition's own headroom (its text run fused with zs-image), not only the full condition's.
+    weak_headroom = report.split("## Weak text: headroom", 1)[1].split("\n## ", 1)[0]
+    assert plan.run_name("text", 0).replace("toy", "toy-weak-text") in weak_headroom
 
 
 def test_the_default_workspace_is_outside_the_work_tree(monkeypatch, tmp_path):
