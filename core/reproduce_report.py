@@ -417,6 +417,13 @@ def _side_by_side(full: dict, weak: dict) -> list[str]:
     return lines
 
 
+def _weak_section(weak: dict | None, key: str, render, heading: str, weak_heading: str) -> list[str]:
+    """The weak-text condition's copy of a section the full condition has, under its own heading."""
+    if not weak or not weak.get(key):
+        return []
+    return [line.replace(heading, weak_heading, 1) if line.startswith("#") else line for line in render(weak[key])]
+
+
 def write_report(plan, main: dict, weak: dict | None = None) -> None:
     """RESULTS.md for `main` (a condition: dataset, ablation, per_query, saliency, image_path, headroom, passes,
     runs), with the weak-text condition beside it when given."""
@@ -453,16 +460,12 @@ def write_report(plan, main: dict, weak: dict | None = None) -> None:
             lines += ["", "Weak-text condition: " + _passes_text(weak["passes"])]
     lines += _image_path_lines(main.get("image_path"))
     lines += _headroom_lines(main.get("headroom"))
-    if weak and weak.get("image_path"):
-        lines += [line.replace("## Image-path health", "## Weak text: image-path health")
-                  for line in _image_path_lines(weak["image_path"])]
-    if weak and weak.get("headroom"):
-        lines += [line.replace("## Headroom:", "## Weak text: headroom,")
-                  for line in _headroom_lines(weak["headroom"])]
+    lines += _weak_section(weak, "image_path", _image_path_lines, "## Image-path health",
+                           "## Weak text: image-path health")
+    lines += _weak_section(weak, "headroom", _headroom_lines, "## Headroom:", "## Weak text: headroom,")
     lines += _saliency_lines(main.get("saliency"))
-    if weak and weak.get("saliency"):
-        lines += [line.replace("## Saliency per layer", "## Weak text: saliency per layer")
-                  for line in _saliency_lines(weak["saliency"])]
+    lines += _weak_section(weak, "saliency", _saliency_lines, "## Saliency per layer",
+                           "## Weak text: saliency per layer")
     runs = list(main.get("runs") or []) + list((weak or {}).get("runs") or [])
     if runs:
         lines += ["", "## Training runs (the fixed budget)", "",
